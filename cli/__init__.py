@@ -1,0 +1,1 @@
+"""xpkit's command line: thin modules that parse options and call ``xpkit.core``."""

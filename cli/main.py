@@ -1,0 +1,64 @@
+"""The ``xpkit`` application: assembles one module per subcommand.
+
+Heavy libraries (duckdb, polars, pyarrow, llama_cpp) are imported inside command bodies, so
+``xpkit --help`` and shell completion stay fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from xpkit.cli import ingest as ingest_cmd
+from xpkit.cli import plugins as plugins_cmd
+from xpkit.cli import pending
+from xpkit.cli.errors import report
+
+app = typer.Typer(
+    name="xpkit",
+    help="Turn the experience of LLMs and agents into reusable knowledge and training data.\n\n"
+         "  xpkit ingest runs/*.jsonl --store lib.duckdb",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from xpkit.core import __version__
+
+        typer.echo(f"xpkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    if debug:
+        os.environ["XPKIT_DEBUG"] = "1"
+
+
+app.command("ingest")(ingest_cmd.ingest)
+for _name, _help in pending.PENDING.items():
+    app.command(_name, help=_help, context_settings=pending.PASSTHROUGH)(pending.make(_name))
+app.command("plugins")(plugins_cmd.plugins)
+
+
+def main() -> None:
+    """Console entry point: usage errors exit 2 (Typer); library errors become one sentence."""
+    try:
+        app()
+    except Exception as exc:
+        sys.exit(report(exc))
+
+
+if __name__ == "__main__":
+    main()

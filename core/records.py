@@ -1,0 +1,186 @@
+"""Canonical record shapes (DESIGN.md "Records") and the stable content hash behind ids.
+
+An *episode* is one attempt at one task: ``episode_id``, ``source``, ``task``, ``steps``
+(``{role, kind, content, name?, args?}``), ``outcome`` (``{success, reward, score}``),
+``answer``, ``reference``, ``model``, ``meta``. Its id is a hash of its content (everything
+but ``episode_id`` and ``source``), so ingesting the same content twice, from any file,
+yields the same id and the second copy is counted as a duplicate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Any
+
+import orjson
+
+from xpkit.core.errors import RecordError
+
+STEP_KINDS = ("message", "thought", "action", "observation")
+STEP_ROLES = ("system", "user", "assistant", "tool", "environment")
+EPISODE_FIELDS = ("episode_id", "source", "task", "steps", "outcome", "answer", "reference",
+                  "model", "meta")
+OUTCOME_FIELDS = ("success", "reward", "score")
+_HASHED_FIELDS = ("task", "steps", "outcome", "answer", "reference", "model", "meta")
+
+
+def content_hash(obj: Any, digest_size: int = 12) -> str:
+    """Hex digest of the canonical JSON (sorted keys) of ``obj``; stable across runs."""
+    data = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    return hashlib.blake2b(data, digest_size=digest_size).hexdigest()
+
+
+def episode_id_for(episode: dict[str, Any]) -> str:
+    """The stable id of an episode: ``ep_`` + hash of its content fields."""
+    return "ep_" + content_hash({k: episode.get(k) for k in _HASHED_FIELDS})
+
+
+def as_text(value: Any, field: str, *, required: bool = False) -> str | None:
+    """Coerce a scalar to text (numbers become their decimal form); reject containers."""
+    if value is None or value == "":
+        if required:
+            raise RecordError("is missing or empty", field)
+        return None if value is None else ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value) if isinstance(value, float) else str(value)
+    raise RecordError(f"expected text, found {type(value).__name__}", field)
+
+
+def as_bool(value: Any, field: str) -> bool | None:
+    """Read a success flag: booleans, 0/1, and the usual words (true/false, yes/no, pass/fail)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        low = value.strip().lower()
+        if low in ("true", "1", "yes", "y", "correct", "pass", "passed", "success", "solved"):
+            return True
+        if low in ("false", "0", "no", "n", "incorrect", "fail", "failed", "failure", "wrong"):
+            return False
+    raise RecordError(f"expected a boolean, found {_show(value)}", field)
+
+
+def as_number(value: Any, field: str) -> float | None:
+    """Read a reward or score as a finite float (bools count as 0/1)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, int | float):
+        f = float(value)
+    elif isinstance(value, str):
+        try:
+            f = float(value.strip())
+        except ValueError:
+            raise RecordError(f"expected a number, found {_show(value)}", field) from None
+    else:
+        raise RecordError(f"expected a number, found {type(value).__name__}", field)
+    if not math.isfinite(f):
+        raise RecordError(f"expected a finite number, found {_show(value)}", field)
+    return f
+
+
+def _show(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def make_step(role: str, kind: str, content: Any, *, name: str | None = None,
+              args: Any = None, field: str = "steps") -> dict[str, Any]:
+    """One canonical step; ``content`` that is not text is kept as its JSON text."""
+    if role not in STEP_ROLES:
+        raise RecordError(f"unknown role {role!r} (expected one of {', '.join(STEP_ROLES)})",
+                          f"{field}.role")
+    if kind not in STEP_KINDS:
+        raise RecordError(f"unknown kind {kind!r}", f"{field}.kind")
+    if content is None:
+        content = ""
+    elif not isinstance(content, str):
+        content = orjson.dumps(content).decode() if isinstance(content, dict | list) else str(content)
+    step: dict[str, Any] = {"role": role, "kind": kind, "content": content}
+    if name is not None:
+        step["name"] = str(name)
+    if args is not None:
+        step["args"] = args
+    return step
+
+
+def make_outcome(success: Any = None, reward: Any = None, score: Any = None,
+                 field: str = "outcome") -> dict[str, Any]:
+    """A canonical outcome; when only one of success/reward is known the other stays null."""
+    return {
+        "success": as_bool(success, f"{field}.success"),
+        "reward": as_number(reward, f"{field}.reward"),
+        "score": as_number(score, f"{field}.score"),
+    }
+
+
+def make_episode(*, task: Any, steps: list[dict[str, Any]], outcome: dict[str, Any] | None = None,
+                 answer: Any = None, reference: Any = None, model: Any = None,
+                 meta: dict[str, Any] | None = None,
+                 source: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Assemble and validate a canonical episode and give it its content-hash id.
+
+    An episode needs a task or at least one step; the format parsers raise ``RecordError``
+    with the offending input field before this point when a required field is missing.
+    """
+    task_text = as_text(task, "task")
+    if not task_text and not steps:
+        raise RecordError("has neither a task nor any steps", "task")
+    episode: dict[str, Any] = {
+        "episode_id": "",
+        "source": source or {},
+        "task": task_text,
+        "steps": steps,
+        "outcome": outcome or make_outcome(),
+        "answer": as_text(answer, "answer"),
+        "reference": as_text(reference, "reference"),
+        "model": as_text(model, "model"),
+        "meta": meta or {},
+    }
+    episode["episode_id"] = episode_id_for(episode)
+    return episode
+
+
+def episode_arrow_schema() -> Any:
+    """The Parquet/Arrow schema of episodes: native structs, JSON text for free-form values."""
+    import pyarrow as pa
+
+    step = pa.struct([("role", pa.string()), ("kind", pa.string()), ("content", pa.string()),
+                      ("name", pa.string()), ("args", pa.string())])
+    return pa.schema(
+        [
+            ("episode_id", pa.string()),
+            ("source", pa.struct([("format", pa.string()), ("file", pa.string()),
+                                  ("line", pa.int64())])),
+            ("task", pa.string()),
+            ("steps", pa.list_(step)),
+            ("outcome", pa.struct([("success", pa.bool_()), ("reward", pa.float64()),
+                                   ("score", pa.float64())])),
+            ("answer", pa.string()),
+            ("reference", pa.string()),
+            ("model", pa.string()),
+            ("meta", pa.string()),
+        ],
+        metadata={b"xpkit:json_columns": orjson.dumps(["meta", "steps[].args"]),
+                  b"xpkit:record": b"episode"},
+    )
+
+
+def episode_for_arrow(ep: dict[str, Any]) -> dict[str, Any]:
+    """Encode the free-form parts of an episode (meta, step args) as JSON text for Parquet."""
+    out = dict(ep)
+    out["meta"] = orjson.dumps(ep.get("meta") or {}).decode()
+    out["steps"] = [
+        {**s, "args": orjson.dumps(s["args"]).decode()} if "args" in s else s
+        for s in ep.get("steps") or []
+    ]
+    return out

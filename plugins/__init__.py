@@ -1,0 +1,1 @@
+"""Built-in plugins. Each registers through the same pluggy hooks an outside plugin uses."""

@@ -1,0 +1,50 @@
+"""Shared fixtures: an isolated XPKIT_HOME, the CLI runner, and the real-data root."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+FIXTURES = Path(__file__).resolve().parent / "data"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """No test touches the user's files or picks up their plugins or config."""
+    home = tmp_path_factory.mktemp("xpkit-home")
+    monkeypatch.setenv("XPKIT_HOME", str(home))
+    monkeypatch.delenv("XPKIT_STORE", raising=False)
+    monkeypatch.delenv("XPKIT_MODEL", raising=False)
+    monkeypatch.delenv("XPKIT_DEBUG", raising=False)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """../shared/data from the repo root; tests that need it skip (with the reason) without it."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real datasets not available: {SHARED_DATA} is absent (a plain clone has "
+                    "no ../shared; CI provides it)")
+    return SHARED_DATA
+
+
+def run_xpkit(*args: str, input: bytes | None = None, cwd: str | Path | None = None,
+              env: dict[str, str] | None = None, timeout: float = 600
+              ) -> subprocess.CompletedProcess[bytes]:
+    """Run the real ``xpkit`` console entry point in a subprocess (stdin closed unless given)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "xpkit.cli.main", *args],
+        input=input if input is not None else b"",
+        capture_output=True, cwd=cwd, env=full_env, timeout=timeout,
+    )
+
+
+@pytest.fixture
+def xpkit():
+    return run_xpkit
