@@ -13,8 +13,8 @@ from typing import Annotated
 import typer
 
 from xpkit.cli import ingest as ingest_cmd
-from xpkit.cli import plugins as plugins_cmd
 from xpkit.cli import pending
+from xpkit.cli import plugins as plugins_cmd
 from xpkit.cli.errors import report
 
 app = typer.Typer(

@@ -48,6 +48,7 @@ RECORD_KINDS = ("jsonl", "json", "parquet", "csv")
 # Parquet key-value metadata naming the columns that hold JSON text (nested values, mixed
 # types, or fields absent from some records) so that reading them back is exact.
 JSON_COLUMNS_KEY = b"xpkit:json_columns"
+_EMPTY_COLUMN = "_xpkit_empty"
 
 
 @dataclass(frozen=True)
@@ -352,7 +353,7 @@ def _decode_json_columns(rec: dict, json_cols: set[str]) -> dict:
     out = {}
     for k, v in rec.items():
         if k in json_cols:
-            if v is not None:
+            if v is not None and k != _EMPTY_COLUMN:
                 out[k] = orjson.loads(v)
         else:
             out[k] = v
@@ -612,7 +613,7 @@ def _spool_to_parquet(spool: IO[bytes], types: _ColumnTypes, path: str) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    plan = types.plan()
+    plan = types.plan() or {_EMPTY_COLUMN: "json"}  # rows with no fields still count
     arrow = {"bool": pa.bool_(), "int64": pa.int64(), "float64": pa.float64(),
              "string": pa.string(), "json": pa.string()}
     json_cols = [k for k, v in plan.items() if v == "json"]

@@ -45,8 +45,9 @@ class Quarantine:
         if record is not None:
             entry["record"] = record
         elif raw is not None:
+            raw = raw.rstrip(b"\r\n")
             try:
-                entry["raw"] = raw.decode("utf-8").rstrip("\r\n")
+                entry["raw"] = raw.decode("utf-8")
             except UnicodeDecodeError:
                 entry["raw_base64"] = base64.b64encode(raw).decode()
         if self._f is None:

@@ -1,18 +1,39 @@
-"""Small helpers the format parsers share: dotted-path lookup and outcome discovery."""
+"""Small helpers the format parsers share: path lookup, outcome discovery, message text.
+
+Every parser keeps the fields it did not consume in ``meta`` (DESIGN.md "Records"), finds
+success / reward / score the same way (``find_outcome``), and reads chat-message content
+the same way (``content_text``), so that a field means the same thing in every format.
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+import orjson
+
+from xpkit.core.errors import RecordError
 from xpkit.core.records import make_outcome
 
 _MISSING = object()
 
 # Where outcome fields are commonly found, in order of preference.
 SUCCESS_KEYS = ("success", "correct", "is_correct", "solved", "is_solved", "passed", "em",
-                "resolved")
+                "resolved", "is_success")
 REWARD_KEYS = ("reward",)
 SCORE_KEYS = ("score", "f1", "accuracy")
+
+# Fields that hold a whole trajectory or conversation: a record that has one is an agent or
+# chat log, never a single graded answer (see ``carries_trajectory``).
+# (Not ``steps``: Dynamic Cheatsheet and Tree-of-Thoughts results use it for search rounds.)
+TRAJECTORY_KEYS = ("trajectory", "traj", "scratchpad", "messages", "conversations",
+                   "conversation", "history")
+
+# ``Thought 3:``, ``Action:``, ``Observation 2:`` (ReAct, Yao et al., 2023).
+REACT_MARKER = re.compile(r"^(Thought|Action|Observation|Act|Obs)(?:\s*\d+)?\s*:\s?",
+                          re.IGNORECASE)
+# ``Finish[answer]``, ``search[query]``: a ReAct tool call written as text.
+TOOL_CALL = re.compile(r"^\s*([A-Za-z_][\w-]*)\[(.*)\]\s*$", re.DOTALL)
 
 
 def get_path(record: Any, path: str, default: Any = None) -> Any:
@@ -32,6 +53,7 @@ def get_path(record: Any, path: str, default: Any = None) -> Any:
 
 
 def first_present(record: dict[str, Any], keys: tuple[str, ...]) -> tuple[str | None, Any]:
+    """The first of ``keys`` whose value is neither missing, null nor empty text."""
     for k in keys:
         if k in record and record[k] is not None and record[k] != "":
             return k, record[k]
@@ -42,7 +64,8 @@ def find_outcome(record: dict[str, Any], *containers: str) -> tuple[dict[str, An
     """Collect success/reward/score from the record (and named sub-objects such as ``info``).
 
     Returns the outcome and the top-level keys it consumed, so the caller can keep the
-    rest in ``meta``. A reward of exactly 0 or 1 with no success flag also sets success.
+    rest in ``meta``. A reward of exactly 0 or 1 with no success flag also sets success
+    (tau-bench, FireAct); rewards given as text (``"0.0"``) are read as numbers.
     """
     used: set[str] = set()
     found: dict[str, Any] = {}
@@ -66,3 +89,45 @@ def find_outcome(record: dict[str, Any], *containers: str) -> tuple[dict[str, An
 def rest(record: dict[str, Any], used: set[str]) -> dict[str, Any]:
     """The fields a parser did not consume: they are kept in ``meta``."""
     return {k: v for k, v in record.items() if k not in used}
+
+
+def carries_trajectory(record: dict[str, Any]) -> bool:
+    """True when the record holds a conversation or an agent trajectory (a list of turns or
+    steps, or a text transcript with ReAct markers), so it is a log, not one graded answer."""
+    for key in TRAJECTORY_KEYS:
+        value = record.get(key)
+        if isinstance(value, list) and value and isinstance(value[0], dict):
+            return True
+        if isinstance(value, str) and any(REACT_MARKER.match(line)
+                                          for line in value.splitlines()[:50]):
+            return True
+    return False
+
+
+def parse_json_text(raw: Any) -> Any:
+    """Decode tool-call arguments given as JSON text; anything else is returned unchanged."""
+    if isinstance(raw, str):
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return raw
+    return raw
+
+
+def content_text(content: Any, field: str) -> str | None:
+    """The text of a chat message's ``content``: a string, or OpenAI content parts
+    (``[{"type": "text", "text": ...}]``, whose text parts are joined)."""
+    if content is None or isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text") or "" for p in content if isinstance(p, dict))
+    raise RecordError(f"expected text content, found {type(content).__name__}", field)
+
+
+def finish_argument(steps: list[dict[str, Any]]) -> str | None:
+    """The argument of the last ``Finish[...]`` action: a ReAct agent's final answer."""
+    for step in reversed(steps):
+        if step["kind"] == "action" and str(step.get("name", "")).lower() == "finish":
+            args = step.get("args")
+            return args.get("input") if isinstance(args, dict) else None
+    return None

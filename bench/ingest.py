@@ -1,0 +1,288 @@
+"""Ingest throughput: xpkit against the plain DuckDB floor and pandas, on >= 1 GB of JSONL.
+
+The input repeats the real FireAct chat records (OpenAI ``messages`` with ReAct turns, from
+``../shared/data``) with a unique ``id`` field in front of each copy, so every copy has its
+own content hash and nothing is deduplicated away. Each contender runs in its own process;
+its peak RSS is the largest of the kernel's ``ru_maxrss`` for it and the summed RSS of its
+process tree, sampled every 20 ms (so worker processes count too).
+
+    python bench/ingest.py                    # 1 GiB input, in a temp dir that is removed
+    python bench/ingest.py --size-mb 256 --keep --workdir /tmp/xb
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data"
+CHAT_GLOB = "fireact/data/finetune/gpt_format/*.jsonl.gz"
+MB = 1_000_000  # rates are in MB/s of input (10^6 bytes); --size-mb is in MiB
+PANDAS_RSS_LIMIT = 16 << 30  # pandas holds ~15x its input; beyond this it runs on a slice
+CONTENDERS = ("xpkit-parquet", "xpkit-store", "duckdb", "pandas")
+
+
+@dataclass
+class Result:
+    key: str  # one of CONTENDERS
+    name: str
+    input_bytes: int
+    records: int
+    seconds: float
+    peak_rss: int
+    note: str = ""
+
+    @property
+    def mb_s(self) -> float:
+        return self.input_bytes / MB / self.seconds
+
+    @property
+    def rec_s(self) -> float:
+        return self.records / self.seconds
+
+
+# --------------------------------------------------------------------------- input
+
+
+def load_bodies(data_dir: Path) -> list[bytes]:
+    """The real chat records, each serialised without its opening brace."""
+    files = sorted(data_dir.glob(CHAT_GLOB))
+    if not files:
+        sys.exit(f"bench: no chat records under {data_dir / CHAT_GLOB}; pass --data DIR.")
+    bodies = []
+    for f in files:
+        with gzip.open(f, "rb") as fh:
+            for line in fh:
+                if line.strip():
+                    bodies.append(orjson.dumps(orjson.loads(line))[1:])
+    return bodies
+
+
+def build_input(path: Path, size_bytes: int, data_dir: Path) -> int:
+    """Write at least ``size_bytes`` of JSONL; return the number of records."""
+    bodies = load_bodies(data_dir)
+    n = written = 0
+    with open(path, "wb", buffering=1 << 22) as f:
+        while written < size_bytes:
+            chunk = []
+            for body in bodies:
+                chunk.append(b'{"id":"bench-%09d",%s\n' % (n, body))
+                n += 1
+            data = b"".join(chunk)
+            f.write(data)
+            written += len(data)
+    return n
+
+
+def slice_input(src: Path, dst: Path, size_bytes: int) -> tuple[int, int]:
+    """The first whole lines of ``src`` up to ``size_bytes``: (bytes, records)."""
+    n = written = 0
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        for line in fin:
+            if written >= size_bytes:
+                break
+            fout.write(line)
+            written += len(line)
+            n += 1
+    return written, n
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def _tree_rss(pid: int) -> int:
+    """Summed RSS of a process and its descendants, from /proc (0 once it has gone)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        with open(f"/proc/{pid}/statm") as f:
+            rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+    return rss + sum(_tree_rss(int(c)) for c in children)
+
+
+def run_measured(argv: list[str], log: Path, rss_limit: int | None = None
+                 ) -> tuple[float, int, int, bool]:
+    """Run ``argv``; return (seconds, peak RSS bytes, exit status, killed for memory)."""
+    t0 = time.perf_counter()
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err,
+                                start_new_session=True)
+    peak, killed, done = 0, False, threading.Event()
+
+    def sample() -> None:
+        nonlocal peak, killed
+        while not done.wait(0.02):
+            rss = _tree_rss(proc.pid)
+            peak = max(peak, rss)
+            if rss_limit and rss > rss_limit and not killed:
+                killed = True
+                os.killpg(proc.pid, signal.SIGKILL)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    done.set()
+    sampler.join()
+    return seconds, max(peak, usage.ru_maxrss * 1024), proc.returncode, killed
+
+
+def _check(name: str, code: int, log: Path) -> None:
+    if code != 0:
+        tail = log.read_text(errors="replace")[-2000:]
+        sys.exit(f"bench: {name} failed with exit status {code}:\n{tail}")
+
+
+def _parquet_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_rows
+
+
+PY = sys.executable
+XPKIT = str(Path(PY).with_name("xpkit"))
+DUCKDB_SCRIPT = """
+import sys, duckdb
+con = duckdb.connect()
+con.execute(f"COPY (SELECT * FROM read_json('{sys.argv[1]}', format='newline_delimited')) "
+            f"TO '{sys.argv[2]}' (FORMAT parquet, COMPRESSION zstd)")
+"""
+PANDAS_SCRIPT = """
+import sys, pandas as pd
+pd.read_json(sys.argv[1], lines=True).to_parquet(sys.argv[2], compression="zstd")
+"""
+
+
+def bench_xpkit_parquet(big: Path, work: Path, size: int, records: int) -> Result:
+    out = work / "xpkit.parquet"
+    log = work / "xpkit-parquet.log"
+    secs, rss, code, _ = run_measured([XPKIT, "ingest", str(big), "-o", str(out)], log)
+    _check("xpkit ingest -o", code, log)
+    rows = _parquet_rows(out)
+    note = "" if rows == records else f"wrote {rows} of {records} records"
+    return Result("xpkit-parquet", "xpkit ingest -> Parquet", size, records, secs, rss, note)
+
+
+def bench_xpkit_store(big: Path, work: Path, size: int, records: int) -> Result:
+    import duckdb
+
+    db = work / "store.duckdb"
+    log = work / "xpkit-store.log"
+    secs, rss, code, _ = run_measured([XPKIT, "ingest", str(big), "--store", str(db)], log)
+    _check("xpkit ingest --store", code, log)
+    with duckdb.connect(str(db), read_only=True) as con:
+        rows = con.execute("SELECT count(*) FROM episodes").fetchone()[0]  # type: ignore[index]
+    note = "" if rows == records else f"stored {rows} of {records} records"
+    return Result("xpkit-store", "xpkit ingest -> store", size, records, secs, rss, note)
+
+
+def bench_duckdb(big: Path, work: Path, size: int, records: int) -> Result:
+    out = work / "duckdb.parquet"
+    log = work / "duckdb.log"
+    secs, rss, code, _ = run_measured([PY, "-c", DUCKDB_SCRIPT, str(big), str(out)], log)
+    _check("duckdb", code, log)
+    return Result("duckdb", "duckdb read_json -> Parquet", size, records, secs, rss)
+
+
+def bench_pandas(big: Path, work: Path, size: int, records: int, slice_mb: int | None) -> Result:
+    out = work / "pandas.parquet"
+    log = work / "pandas.log"
+    src, note = big, ""
+    if slice_mb is not None:
+        src = work / "slice.jsonl"
+        size, records = slice_input(big, src, slice_mb << 20)
+        note = f"on the first {size / MB:,.0f} MB only (--pandas-mb)"
+    secs, rss, code, killed = run_measured([PY, "-c", PANDAS_SCRIPT, str(src), str(out)], log,
+                                           PANDAS_RSS_LIMIT)
+    if killed:
+        slice_mb = max(1, size // 4 >> 20)
+        print(f"  pandas passed {PANDAS_RSS_LIMIT >> 30} GiB RSS; retrying on the first "
+              f"{slice_mb} MiB", file=sys.stderr)
+        return bench_pandas(big, work, size, records, slice_mb)
+    _check("pandas", code, log)
+    return Result("pandas", "pandas read_json -> Parquet", size, records, secs, rss, note)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def report(results: list[Result]) -> None:
+    print(f"{'contender':<30}{'MB/s':>9}{'records/s':>12}{'seconds':>9}{'peak RSS':>11}")
+    for r in results:
+        print(f"{r.name:<30}{r.mb_s:>9.1f}{r.rec_s:>12,.0f}{r.seconds:>9.1f}"
+              f"{r.peak_rss / MB:>8,.0f} MB" + (f"   ({r.note})" if r.note else ""))
+    by = {r.key: r for r in results}
+    for xk in ("xpkit-parquet", "xpkit-store"):
+        for ok in ("duckdb", "pandas"):
+            x, o = by.get(xk), by.get(ok)
+            if x is not None and o is not None:
+                print(f"{xk} / {ok}: throughput x{x.mb_s / o.mb_s:.2f}, "
+                      f"peak RSS x{x.peak_rss / o.peak_rss:.2f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size-mb", type=int, default=1024, help="input size in MiB (default 1024)")
+    ap.add_argument("--workdir", help="where to build the input (default: a temp dir in /tmp)")
+    ap.add_argument("--keep", action="store_true", help="keep the workdir afterwards")
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                    help=f"the shared data directory (default {DEFAULT_DATA})")
+    ap.add_argument("--only", default=",".join(CONTENDERS),
+                    help=f"comma-separated subset of {', '.join(CONTENDERS)}")
+    ap.add_argument("--pandas-mb", type=int,
+                    help="run pandas on the first N MiB only (default: the whole input, "
+                         f"falling back to a quarter when it passes {PANDAS_RSS_LIMIT >> 30} GiB)")
+    args = ap.parse_args()
+    only = [c.strip() for c in args.only.split(",") if c.strip()]
+    unknown = set(only) - set(CONTENDERS)
+    if unknown:
+        ap.error(f"--only: unknown contender(s) {', '.join(sorted(unknown))}")
+
+    if args.workdir:
+        work = Path(args.workdir)
+        work.mkdir(parents=True, exist_ok=True)
+    else:
+        work = Path(tempfile.mkdtemp(prefix="xpkit-bench-", dir="/tmp"))
+    try:
+        big = work / "big.jsonl"
+        t0 = time.perf_counter()
+        records = build_input(big, args.size_mb << 20, args.data)
+        size = big.stat().st_size
+        print(f"input: {big} {size / MB:,.0f} MB, {records:,} records "
+              f"(FireAct chat records with unique ids; built in "
+              f"{time.perf_counter() - t0:.1f}s); {os.cpu_count()} cores", flush=True)
+        runners = {
+            "xpkit-parquet": lambda: bench_xpkit_parquet(big, work, size, records),
+            "xpkit-store": lambda: bench_xpkit_store(big, work, size, records),
+            "duckdb": lambda: bench_duckdb(big, work, size, records),
+            "pandas": lambda: bench_pandas(big, work, size, records, args.pandas_mb),
+        }
+        results = []
+        for name in only:
+            print(f"  running {name} ...", file=sys.stderr, flush=True)
+            results.append(runners[name]())
+        report(results)
+    finally:
+        if args.keep:
+            print(f"kept {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""core/store.py: migrations, offline extensions, transactions."""
+
+from __future__ import annotations
+
+import pytest
+
+from xpkit.core.errors import UsageError
+from xpkit.core.store import MIGRATIONS, Store
+
+
+def test_new_store_is_migrated_once(tmp_path):
+    path = str(tmp_path / "s.duckdb")
+    with Store.open(path) as s:
+        applied = s.con.execute("SELECT name FROM _migrations").fetchall()
+        tables = {r[0] for r in s.con.execute(
+            "SELECT table_name FROM information_schema.tables").fetchall()}
+    assert [a[0] for a in applied] == [m.__name__ for m in MIGRATIONS]
+    assert {"episodes", "steps", "units", "runs"} <= tables
+    with Store.open(path) as s:
+        assert s.migrate() == []
+
+
+@pytest.mark.parametrize("ext", ["fts", "vss"])
+def test_extensions_load_offline_from_pip_packages(tmp_path, ext):
+    with Store.open(str(tmp_path / "s.duckdb")) as s:
+        s.load_extension(ext)
+        loaded = s.con.execute("SELECT loaded FROM duckdb_extensions() WHERE extension_name = ?",
+                               [ext]).fetchone()
+    assert loaded == (True,)
+
+
+def test_fts_works_after_offline_load(tmp_path):
+    with Store.open(str(tmp_path / "s.duckdb")) as s:
+        s.load_extension("fts")
+        s.con.execute("CREATE TABLE docs (id VARCHAR, body VARCHAR)")
+        s.con.execute("INSERT INTO docs VALUES ('a', 'book a flight'), ('b', 'cancel a hotel')")
+        s.con.execute("PRAGMA create_fts_index('docs', 'id', 'body')")
+        hit = s.con.execute("SELECT id FROM (SELECT id, fts_main_docs.match_bm25(id, 'flight') "
+                            "AS score FROM docs) WHERE score IS NOT NULL").fetchall()
+    assert hit == [("a",)]
+
+
+def test_transaction_rolls_back_on_error(tmp_path):
+    with Store.open(str(tmp_path / "s.duckdb")) as s:
+        with pytest.raises(RuntimeError), s.transaction():
+            s.con.execute("INSERT INTO units (unit_id, kind) VALUES ('u1', 'insight')")
+            raise RuntimeError("boom")
+        assert s.con.execute("SELECT count(*) FROM units").fetchone() == (0,)
+
+
+def test_read_only_open_of_missing_store_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="no such store"):
+        Store.open(str(tmp_path / "nope.duckdb"), read_only=True)
+
+
+def test_store_must_be_a_duckdb_file(tmp_path):
+    with pytest.raises(UsageError, match=r"expected a \.duckdb file"):
+        Store.open(str(tmp_path / "lib.sqlite"))
