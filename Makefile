@@ -34,6 +34,9 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+completions: $(STAMP)
+	$(BIN)/python scripts/gen_completions.py completions
+
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 

@@ -66,6 +66,12 @@ def _batched(rows: Iterable[SourceRow], size: int) -> Iterator[list[SourceRow]]:
         yield batch
 
 
+def _file_rows(fmt: InputFormat, source: Source, size: int) -> Iterator[list[SourceRow]]:
+    """Batches of the rows a format reads from a file in its own layout; closes the file."""
+    with open_binary(source) as stream:
+        yield from _batched(fmt.read_file(source.name, stream), size)
+
+
 def _source_batches(source: Source, fmt_name: str, formats: dict[str, InputFormat],
                     batch_size: int, notice: Callable[[str], None]
                     ) -> tuple[InputFormat, Detection | None, Iterator[list[SourceRow]]]:
@@ -77,12 +83,11 @@ def _source_batches(source: Source, fmt_name: str, formats: dict[str, InputForma
             raise UsageError(f"Input {source.name}: format {fmt.name} reads .jsonl, .json, "
                              ".parquet or .csv files, not this file type.")
         if fmt is claimed:
-            return fmt, None, _batched(fmt.read_file(source.name, open_binary(source)),
-                                       batch_size)
+            return fmt, None, _file_rows(fmt, source, batch_size)
         return fmt, None, read_rows(source, batch_size, notice)
     if claimed is not None:
-        return claimed, None, _batched(claimed.read_file(source.name, open_binary(source)),
-                                       batch_size)
+        notice(f"{source.name}: reading as {claimed.name} (by file type)")
+        return claimed, None, _file_rows(claimed, source, batch_size)
     if source.kind is None and source.path is not None:
         raise UsageError(f"Input {source.name}: unknown file type; expected .jsonl, .json, "
                          ".parquet or .csv (optionally .gz or .zst), or a file a format "

@@ -57,6 +57,9 @@ class AlpacaFormat(InputFormat):
                             model=options.model, meta=rest(record, used | oused))
 
 
+ALPACA = AlpacaFormat()
+
+
 @hookimpl
 def register_formats(register: Any) -> None:
-    register(AlpacaFormat())
+    register(ALPACA)

@@ -46,6 +46,9 @@ class EpisodeFormat(InputFormat):
                             model=record.get("model") or options.model, meta=meta)
 
 
+EPISODE = EpisodeFormat()
+
+
 @hookimpl
 def register_formats(register: Any) -> None:
-    register(EpisodeFormat())
+    register(EPISODE)

@@ -2,9 +2,12 @@
 
 ``PATH`` is a dotted path into the record (``meta.prompt``, ``turns.0.text``). Mappable
 fields: ``task``, ``answer``, ``reference``, ``success``, ``reward``, ``score``, ``model``,
-``system``, ``messages`` (a list of OpenAI-style messages), and ``transcript`` (a
-``Human: ... Assistant: ...`` dialogue string, as in Anthropic HH-RLHF). Fields that are not
-mapped are kept in ``meta``.
+``system``, ``messages`` (a list of OpenAI-style messages, read as ``openai-chat`` reads
+them), and ``transcript`` (a ``Human: ... Assistant: ...`` dialogue string, as in Anthropic
+HH-RLHF, Bai et al., 2022). Without a mapped ``task`` the first user turn is the task;
+without a mapped ``answer``, the last assistant message. Outcomes are read as in every other
+format (``success`` from true/false, 1/0, yes/no...; a 0/1 ``reward`` also sets ``success``).
+Top-level fields that no mapping path starts from are kept in ``meta``.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from typing import Any
 from xpkit.core.errors import RecordError
 from xpkit.core.formats import FormatOptions, InputFormat
 from xpkit.core.hookspecs import hookimpl
-from xpkit.core.records import as_text, make_episode, make_outcome, make_step
-from xpkit.plugins.formats.fields import get_path
+from xpkit.core.records import OUTCOME_FIELDS, as_text, make_episode, make_step
+from xpkit.plugins.formats.chat import message_steps
+from xpkit.plugins.formats.fields import find_outcome, get_path
 
 MAPPABLE_FIELDS = ("task", "answer", "reference", "success", "reward", "score", "model",
                    "system", "messages", "transcript")
@@ -47,28 +51,24 @@ class MappedFormat(InputFormat):
         for key, path in mapping.items():
             value = get_path(record, path, _MISSING)
             if value is _MISSING:
-                raise RecordError("missing (mapped by --map "
-                                  f"{key}={path})", path)
+                raise RecordError(f"missing (mapped by --map {key}={path})", path)
             values[key] = value
         steps: list[dict[str, Any]] = []
         if "system" in values:
-            steps.append(make_step("system", "message", as_text(values["system"], mapping["system"])))
-        task = values.get("task")
+            steps.append(make_step("system", "message",
+                                   as_text(values["system"], mapping["system"])))
         if "messages" in values:
             msgs = values["messages"]
             if not isinstance(msgs, list):
                 raise RecordError("expected a list of messages", mapping["messages"])
-            for i, m in enumerate(msgs):
-                if not isinstance(m, dict):
-                    raise RecordError("expected an object", f"{mapping['messages']}.{i}")
-                role = _SPEAKER.get(str(m.get("role", "user")).lower(), "user")
-                steps.append(make_step(role, "message", m.get("content")))
+            steps.extend(message_steps(msgs, mapping["messages"])[1])
         if "transcript" in values:
             text = as_text(values["transcript"], mapping["transcript"], required=True)
             turns = split_transcript(text)
             if not turns:
                 raise RecordError("no Human:/Assistant: turns found", mapping["transcript"])
             steps.extend(turns)
+        task = values.get("task")
         if task is None:
             task = next((s["content"] for s in steps if s["role"] == "user"), None)
         elif not any(s["role"] == "user" for s in steps):
@@ -77,19 +77,31 @@ class MappedFormat(InputFormat):
         if answer is not None and not any(s["role"] == "assistant" for s in steps):
             steps.append(make_step("assistant", "message", as_text(answer, mapping["answer"])))
         if answer is None:
-            answer = next((s["content"] for s in reversed(steps) if s["role"] == "assistant"),
-                          None)
+            answer = next((s["content"] for s in reversed(steps)
+                           if s["role"] == "assistant" and s["kind"] == "message"), None)
         used_roots = {p.split(".", 1)[0] for p in mapping.values()}
         meta = {k: v for k, v in record.items() if k not in used_roots}
         return make_episode(
-            task=task, steps=steps,
-            outcome=make_outcome(values.get("success"), values.get("reward"),
-                                 values.get("score")),
+            task=task, steps=steps, outcome=_outcome(values, mapping),
             answer=answer if not isinstance(answer, dict | list) else None,
             reference=values.get("reference"), model=values.get("model") or options.model,
             meta=meta)
 
 
+def _outcome(values: dict[str, Any], mapping: dict[str, str]) -> dict[str, Any]:
+    """The mapped outcome, read like every other format's (a 0/1 reward implies success);
+    a bad value is reported under the path the user mapped."""
+    mapped = {k: values[k] for k in OUTCOME_FIELDS if k in values}
+    try:
+        return find_outcome(mapped)[0]
+    except RecordError as exc:
+        name = next((k for k in OUTCOME_FIELDS if exc.field and exc.field.endswith(k)), None)
+        raise RecordError(exc.reason, mapping.get(name or "", exc.field)) from None
+
+
+MAPPED = MappedFormat()
+
+
 @hookimpl
 def register_formats(register: Any) -> None:
-    register(MappedFormat())
+    register(MAPPED)
