@@ -46,6 +46,7 @@ def ingest(
     mapping = parse_mapping(map or [])
     want_records = output is not None or store is None
     writer = None
+    parquet = False
     if want_records:
         parquet = output is not None and output.lower().endswith((".parquet", ".pq"))
         writer = RecordWriter(output, arrow_schema=episode_arrow_schema() if parquet else None,
@@ -55,7 +56,10 @@ def ingest(
             summary = core_ingest(
                 inputs or [], format=format, mapping=mapping, model_name=model_name,
                 store=store, output=output, rejects=rejects, strict=strict,
-                batch_size=batch_size, sink=writer.write_many if writer else None,
+                batch_size=batch_size,
+                # Parquet takes Arrow tables, which lets large inputs be parsed in parallel.
+                sink=writer.write_many if writer and not parquet else None,
+                arrow_sink=writer.write_arrow if writer and parquet else None,
                 on_notice=notice, on_progress=advance,
                 run_args={"inputs": inputs or ["-"], "output": output, "map": map or []})
     except BaseException:

@@ -12,9 +12,15 @@ from typing import Annotated
 
 import typer
 
+from xpkit.cli import cache as cache_cmd
+from xpkit.cli import distill as distill_cmd
+from xpkit.cli import index as index_cmd
 from xpkit.cli import ingest as ingest_cmd
+from xpkit.cli import models as models_cmd
 from xpkit.cli import pending
 from xpkit.cli import plugins as plugins_cmd
+from xpkit.cli import retrieve as retrieve_cmd
+from xpkit.cli import show as show_cmd
 from xpkit.cli.errors import report
 
 app = typer.Typer(
@@ -46,10 +52,17 @@ def _root(
         os.environ["XPKIT_DEBUG"] = "1"
 
 
+# Pipeline order in --help: ingest, distill, index, retrieve, select-data, evaluate.
 app.command("ingest")(ingest_cmd.ingest)
+app.command("distill")(distill_cmd.distill)
+app.command("index")(index_cmd.index)
+app.command("retrieve")(retrieve_cmd.retrieve)
 for _name, _help in pending.PENDING.items():
     app.command(_name, help=_help, context_settings=pending.PASSTHROUGH)(pending.make(_name))
+app.command("show")(show_cmd.show)
 app.command("plugins")(plugins_cmd.plugins)
+app.command("models")(models_cmd.models)
+app.add_typer(cache_cmd.app, name="cache")
 
 
 def main() -> None:

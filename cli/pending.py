@@ -9,10 +9,6 @@ import typer
 from xpkit.cli.console import err
 
 PENDING: dict[str, str] = {
-    "distill": "Episodes -> experience units (insight, behavior, contrast, exemplar, summary). "
-               "(not built yet)",
-    "index": "Units -> searchable library (BM25, dense, hybrid). (not built yet)",
-    "retrieve": "Tasks -> tasks with packed, budgeted context. (not built yet)",
     "select-data": "Choose training data: dedup, filters, diversity, difficulty, budgets. "
                    "(not built yet)",
     "evaluate": "Does the context help this model? Scorers, A/B, feedback. (not built yet)",

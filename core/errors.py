@@ -62,3 +62,25 @@ class RecordError(Exception):
 
     def __str__(self) -> str:
         return f"{self.field}: {self.reason}" if self.field else self.reason
+
+
+class ModelError(XpkitError):
+    """A model could not be resolved, loaded or run (bad file, missing bundled model, ...)."""
+
+
+class ModelServerError(ModelError):
+    """An OpenAI-compatible model server could not be reached or stopped answering mid-run."""
+
+
+class ContextOverflowError(ModelError):
+    """A prompt plus its ``max_tokens`` does not fit the model's context window.
+
+    Inside a batch this becomes a per-item rejection (the other items go on); it is raised only
+    by single calls that were asked to raise.
+    """
+
+    def __init__(self, message: str, *, prompt_tokens: int | None = None,
+                 n_ctx: int | None = None) -> None:
+        super().__init__(message)
+        self.prompt_tokens = prompt_tokens
+        self.n_ctx = n_ctx

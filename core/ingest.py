@@ -8,9 +8,16 @@ reason. ``IngestSummary.balanced`` checks that the counts add up.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import sys
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from xpkit.core.errors import RecordError, StrictModeError, UsageError
 from xpkit.core.formats import (
@@ -22,11 +29,30 @@ from xpkit.core.formats import (
     format_for_suffix,
     get_format,
 )
-from xpkit.core.io import DEFAULT_BATCH_SIZE, Source, SourceRow, open_binary, read_rows, resolve_inputs
+from xpkit.core.io import (
+    DEFAULT_BATCH_SIZE,
+    Source,
+    SourceRow,
+    open_binary,
+    read_jsonl_range,
+    read_rows,
+    resolve_inputs,
+    splittable_size,
+)
 from xpkit.core.quarantine import Quarantine, default_rejects_path
+from xpkit.core.records import episodes_to_arrow
 from xpkit.core.store import RunLog, Store
 
 Sink = Callable[[list[dict[str, Any]]], None]
+ArrowSink = Callable[[Any], None]  # takes a pyarrow Table in episode_arrow_schema()
+
+# Plain JSONL files at least this large are parsed by several processes; below it, starting
+# them costs more than it saves.
+PARALLEL_MIN_BYTES = 32 << 20
+# The byte range a worker parses at a time: small enough that memory stays bounded and the
+# workers evenly loaded, large enough that per-task overhead does not show.
+CHUNK_BYTES = 4 << 20
+MAX_WORKERS = 4
 
 
 @dataclass
@@ -78,11 +104,13 @@ def _source_batches(source: Source, fmt_name: str, formats: dict[str, InputForma
     """Pick the format for one source and return its batches of rows."""
     claimed = format_for_suffix(source.name, formats) if source.path else None
     if fmt_name != "auto":
-        fmt = get_format(fmt_name)
-        if source.kind is None and source.path is not None and fmt is not claimed:
+        fmt = formats[fmt_name] if fmt_name in formats else get_format(fmt_name)
+        if claimed is not None and claimed.name != fmt.name:
+            claimed = None
+        if source.kind is None and source.path is not None and claimed is None:
             raise UsageError(f"Input {source.name}: format {fmt.name} reads .jsonl, .json, "
                              ".parquet or .csv files, not this file type.")
-        if fmt is claimed:
+        if claimed is not None:
             return fmt, None, _file_rows(fmt, source, batch_size)
         return fmt, None, read_rows(source, batch_size, notice)
     if claimed is not None:
@@ -120,12 +148,20 @@ def ingest(
     on_notice: Callable[[str], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
     run_args: dict[str, Any] | None = None,
+    arrow_sink: ArrowSink | None = None,
+    workers: int | None = None,
 ) -> IngestSummary:
     """Read ``inputs`` as ``format`` and hand canonical episodes to ``sink`` and/or ``store``.
 
     ``output`` only decides where the quarantine file goes by default. With ``store``, all
     writes of the run are one transaction. With ``strict``, any rejection fails the run
     (``StrictModeError``) and nothing is committed to the store.
+
+    ``arrow_sink`` receives the accepted episodes as Arrow tables in
+    ``episode_arrow_schema()`` (the shape Parquet output wants) rather than as dicts. Without
+    a dict ``sink``, plain JSONL files of ``PARALLEL_MIN_BYTES`` or more are parsed by
+    ``workers`` processes (default: one per CPU, up to ``MAX_WORKERS``; 1 turns this off);
+    the results are the same, in the same order, as with one process.
     """
     notice = on_notice or (lambda _msg: None)
     formats = available_formats()
@@ -141,24 +177,43 @@ def ingest(
     summary = IngestSummary(run_id=run.run_id)
     rejects_path = rejects or default_rejects_path(output, store)
     quarantine = Quarantine(rejects_path, run.run_id, "ingest")
-    db = Store.open(store) if store else None
-    seen: set[str] = set()
+    # Worker processes are forked before the store opens, so that no DuckDB thread exists
+    # in the process being copied; they only ever run the parsers.
+    n_workers = _worker_count(workers) if sink is None else 1
+    pool = _start_pool(sources, n_workers)
+    db = None
     try:
+        db = Store.open(store) if store else None
+        seen: set[str] = set()
         if db is not None:
             db.con.execute("BEGIN TRANSACTION")
+        # All of a run's writes are one transaction, so the only rows of the store that
+        # are not in ``seen`` are those it had before: an empty store needs no lookups.
+        lookup = db is not None and _has_episodes(db)
+        out = _Outputs(db, run.run_id, sink, arrow_sink)
         for source in sources:
             fmt, detection, batches = _source_batches(source, format, formats, batch_size,
                                                       notice)
             summary.formats[source.name] = fmt.name
             if detection is not None:
                 notice(detection.describe(source.name))
+            claimed = format_for_suffix(source.name, formats) if source.path else None
+            if pool is not None and (claimed is None or claimed.name != fmt.name) and \
+                    splittable_size(source) >= PARALLEL_MIN_BYTES:
+                batches.close()
+                lines = 0  # lines in the chunks before this one
+                for chunk in _parallel_chunks(pool, 2 * n_workers, source, fmt, options,
+                                              batch_size, out):
+                    _accept_chunk(chunk, lines, seen, lookup, summary, quarantine, out)
+                    lines += chunk.lines
+                    if on_progress is not None:
+                        on_progress(chunk.records)
+                continue
             for batch in batches:
                 episodes = _parse_batch(batch, fmt, options, summary, quarantine)
-                fresh = _dedup(episodes, seen, db, summary)
-                if db is not None and fresh:
-                    _insert(db, fresh, run.run_id)
-                if sink is not None and fresh:
-                    sink(fresh)
+                fresh = _dedup(episodes, seen, db if lookup else None, summary)
+                if fresh:
+                    out.episodes(fresh)
                 if on_progress is not None:
                     on_progress(len(batch))
         run.counts = summary.counts()
@@ -170,6 +225,8 @@ def ingest(
             db.record_run(run)
             db.con.execute("COMMIT")
     except BaseException as exc:
+        if pool is not None:
+            pool.terminate()
         if db is not None:
             db.con.execute("ROLLBACK")
             run.status, run.error = "failed", str(exc) or type(exc).__name__
@@ -177,6 +234,9 @@ def ingest(
             _record_failed_run(db, run)
         raise
     finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
         quarantine.close()
         if db is not None:
             db.close()
@@ -192,8 +252,32 @@ def _record_failed_run(db: Store, run: RunLog) -> None:
         pass
 
 
+def _has_episodes(db: Store) -> bool:
+    return db.con.execute("SELECT EXISTS (SELECT 1 FROM episodes)").fetchone()[0]  # type: ignore[index]
+
+
+class _Outputs:
+    """Where accepted episodes go: the store, a dict sink, an Arrow sink (any of them)."""
+
+    def __init__(self, db: Store | None, run_id: str, sink: Sink | None,
+                 arrow_sink: ArrowSink | None) -> None:
+        self.db = db
+        self.run_id = run_id
+        self.sink = sink
+        self.arrow_sink = arrow_sink
+
+    def episodes(self, fresh: list[dict[str, Any]]) -> None:
+        if self.db is not None:
+            _insert(self.db, fresh, self.run_id)
+        if self.sink is not None:
+            self.sink(fresh)
+        if self.arrow_sink is not None:
+            self.arrow_sink(episodes_to_arrow(fresh))
+
+
 def _parse_batch(batch: list[SourceRow], fmt: InputFormat, options: FormatOptions,
-                 summary: IngestSummary, quarantine: Quarantine) -> list[dict[str, Any]]:
+                 summary: IngestSummary, quarantine: Quarantine | _RejectLog
+                 ) -> list[dict[str, Any]]:
     episodes: list[dict[str, Any]] = []
     parse = fmt.parse
     for row in batch:
@@ -219,62 +303,245 @@ def _parse_batch(batch: list[SourceRow], fmt: InputFormat, options: FormatOption
     return episodes
 
 
-def _dedup(episodes: list[dict[str, Any]], seen: set[str], db: Store | None,
-           summary: IngestSummary) -> list[dict[str, Any]]:
-    summary.episodes += len(episodes)
-    fresh = []
-    for ep in episodes:
-        eid = ep["episode_id"]
+def _fresh_mask(ids: list[str], seen: set[str], db: Store | None,
+                summary: IngestSummary) -> list[bool]:
+    """Which of these episode ids are new: not earlier in the run, nor already in ``db``."""
+    summary.episodes += len(ids)
+    keep = []
+    for eid in ids:
         if eid in seen:
-            continue
-        seen.add(eid)
-        fresh.append(ep)
-    if db is not None and fresh:
-        ids = [ep["episode_id"] for ep in fresh]
+            keep.append(False)
+        else:
+            seen.add(eid)
+            keep.append(True)
+    if db is not None and any(keep):
         existing = {r[0] for r in db.con.execute(
             "SELECT episode_id FROM episodes WHERE episode_id IN (SELECT unnest(?))",
-            [ids]).fetchall()}
+            [[eid for eid, k in zip(ids, keep, strict=True) if k]]).fetchall()}
         if existing:
-            fresh = [ep for ep in fresh if ep["episode_id"] not in existing]
-    summary.accepted += len(fresh)
+            keep = [k and eid not in existing for eid, k in zip(ids, keep, strict=True)]
+    summary.accepted += sum(keep)
     summary.duplicates = summary.episodes - summary.accepted
-    return fresh
+    return keep
+
+
+def _dedup(episodes: list[dict[str, Any]], seen: set[str], db: Store | None,
+           summary: IngestSummary) -> list[dict[str, Any]]:
+    keep = _fresh_mask([ep["episode_id"] for ep in episodes], seen, db, summary)
+    return [ep for ep, k in zip(episodes, keep, strict=True) if k]
+
+
+_EPISODE_COLUMNS = ("episode_id", "source_format", "source_file", "source_line", "task",
+                    "success", "reward", "score", "answer", "reference", "model", "meta",
+                    "n_steps", "run_id")
+
+
+def _store_tables(episodes: list[dict[str, Any]], run_id: str) -> tuple[Any, Any]:
+    """The rows of the ``episodes`` and ``steps`` tables for these episodes, as Arrow."""
+    import pyarrow as pa
+
+    dumps = orjson.dumps
+    sources = [ep["source"] for ep in episodes]
+    outcomes = [ep["outcome"] for ep in episodes]
+    steps_lists = [ep["steps"] for ep in episodes]
+    ep_table = pa.table(dict(zip(_EPISODE_COLUMNS, (
+        [ep["episode_id"] for ep in episodes],
+        [src.get("format") for src in sources],
+        [src.get("file") for src in sources],
+        [src.get("line") for src in sources],
+        [ep["task"] for ep in episodes],
+        [out["success"] for out in outcomes],
+        [out["reward"] for out in outcomes],
+        [out["score"] for out in outcomes],
+        [ep["answer"] for ep in episodes],
+        [ep["reference"] for ep in episodes],
+        [ep["model"] for ep in episodes],
+        [dumps(ep["meta"]).decode() for ep in episodes],
+        [len(steps) for steps in steps_lists],
+        [run_id] * len(episodes),
+    ), strict=True)))
+    steps = [s for lst in steps_lists for s in lst]
+    st_table = pa.table({
+        "episode_id": [ep["episode_id"] for ep, lst in zip(episodes, steps_lists, strict=True)
+                       for _ in lst],
+        "step": pa.array([i for lst in steps_lists for i in range(len(lst))], pa.int32()),
+        "role": [s["role"] for s in steps],
+        "kind": [s["kind"] for s in steps],
+        "content": [s["content"] for s in steps],
+        "name": [s.get("name") for s in steps],
+        "args": [dumps(s["args"]).decode() if "args" in s else None for s in steps],
+    })
+    return ep_table, st_table
 
 
 def _insert(db: Store, episodes: list[dict[str, Any]], run_id: str) -> None:
-    import orjson
-    import pyarrow as pa
+    _insert_tables(db, *_store_tables(episodes, run_id))
 
-    ep_rows: dict[str, list] = {k: [] for k in (
-        "episode_id", "source_format", "source_file", "source_line", "task", "success",
-        "reward", "score", "answer", "reference", "model", "meta", "n_steps", "run_id")}
-    st_rows: dict[str, list] = {k: [] for k in (
-        "episode_id", "step", "role", "kind", "content", "name", "args")}
-    for ep in episodes:
-        src, out = ep["source"], ep["outcome"]
-        for k, v in (("episode_id", ep["episode_id"]), ("source_format", src.get("format")),
-                     ("source_file", src.get("file")), ("source_line", src.get("line")),
-                     ("task", ep["task"]), ("success", out["success"]),
-                     ("reward", out["reward"]), ("score", out["score"]),
-                     ("answer", ep["answer"]), ("reference", ep["reference"]),
-                     ("model", ep["model"]), ("meta", orjson.dumps(ep["meta"]).decode()),
-                     ("n_steps", len(ep["steps"])), ("run_id", run_id)):
-            ep_rows[k].append(v)
-        for i, s in enumerate(ep["steps"]):
-            st_rows["episode_id"].append(ep["episode_id"])
-            st_rows["step"].append(i)
-            st_rows["role"].append(s["role"])
-            st_rows["kind"].append(s["kind"])
-            st_rows["content"].append(s["content"])
-            st_rows["name"].append(s.get("name"))
-            st_rows["args"].append(orjson.dumps(s["args"]).decode() if "args" in s else None)
+
+def _insert_tables(db: Store, ep_table: Any, st_table: Any) -> None:
     con = db.con
-    con.register("_ep_batch", pa.table(ep_rows))
-    con.register("_st_batch", pa.table({**st_rows, "step": pa.array(st_rows["step"],
-                                                                    pa.int32())}))
+    con.register("_ep_batch", ep_table)
+    con.register("_st_batch", st_table)
     try:
         con.execute("INSERT INTO episodes SELECT * FROM _ep_batch")
         con.execute("INSERT INTO steps SELECT * FROM _st_batch")
     finally:
         con.unregister("_ep_batch")
         con.unregister("_st_batch")
+
+
+# --------------------------------------------------------------------------- in parallel
+
+
+class _RejectLog:
+    """Quarantine entries a worker collects for the main process to write."""
+
+    def __init__(self) -> None:
+        self.entries: list[dict[str, Any]] = []
+
+    def reject(self, **entry: Any) -> None:
+        self.entries.append(entry)
+
+
+@dataclass
+class _Chunk:
+    """What a worker made of one byte range of a file; line numbers count from its start."""
+
+    lines: int
+    records: int
+    parsed: int
+    rejected: int
+    rejects: list[dict[str, Any]]
+    ids: list[str]
+    arrow: Any = None  # episodes in episode_arrow_schema(), for an Arrow sink
+    store: tuple[Any, Any] | None = None  # rows of the store's episodes and steps tables
+
+
+def _worker_count(workers: int | None) -> int:
+    """How many processes parse a large input: ``workers``, else one per usable CPU (up to
+    ``MAX_WORKERS``); 1 where processes cannot be forked."""
+    if workers is not None:
+        return max(1, workers)
+    if not sys.platform.startswith("linux"):
+        return 1
+    return min(len(os.sched_getaffinity(0)), MAX_WORKERS)
+
+
+def _start_pool(sources: list[Source], n: int) -> Any:
+    if n < 2 or not any(splittable_size(s) >= PARALLEL_MIN_BYTES for s in sources):
+        return None
+    import multiprocessing
+
+    return multiprocessing.get_context("fork").Pool(n, initializer=_worker_init,
+                                                     initargs=(os.getpid(),))
+
+
+def _worker_init(parent: int) -> None:
+    # Ctrl-C reaches the whole process group: the main process handles it for everyone.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A worker dies with the main process, even a killed one (which cannot stop its pool).
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before that took effect
+        os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+_worker_formats: dict[str, InputFormat] = {}
+
+
+def _parse_chunk(path: str, name: str, start: int, end: int, fmt_name: str,
+                 options: FormatOptions, batch_size: int, want_arrow: bool,
+                 store_run: str | None) -> _Chunk:
+    """Read and parse one byte range of a file (in a worker process)."""
+    if not _worker_formats:
+        _worker_formats.update(available_formats())
+    fmt = _worker_formats[fmt_name]
+    rows, lines = read_jsonl_range(path, name, start, end, batch_size)
+    summary = IngestSummary()
+    rejects = _RejectLog()
+    episodes = _parse_batch(rows, fmt, options, summary, rejects)
+    return _Chunk(lines, summary.records, summary.parsed, summary.rejected, rejects.entries,
+                  [ep["episode_id"] for ep in episodes],
+                  episodes_to_arrow(episodes) if want_arrow and episodes else None,
+                  _store_tables(episodes, store_run) if store_run and episodes else None)
+
+
+def _parallel_chunks(pool: Any, window: int, source: Source, fmt: InputFormat,
+                     options: FormatOptions, batch_size: int, out: _Outputs
+                     ) -> Iterator[_Chunk]:
+    """The chunks of a file in order, at most ``window`` in flight (so memory is bounded)."""
+    assert source.path is not None
+    size = splittable_size(source)
+    pending: deque[Any] = deque()
+    for start in range(0, size, CHUNK_BYTES):
+        args = (source.path, source.name, start, min(start + CHUNK_BYTES, size), fmt.name,
+                options, batch_size, out.arrow_sink is not None,
+                out.run_id if out.db is not None else None)
+        pending.append(pool.apply_async(_parse_chunk, args))
+        if len(pending) >= window:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
+
+
+def _accept_chunk(chunk: _Chunk, lines: int, seen: set[str], lookup: bool,
+                  summary: IngestSummary, quarantine: Quarantine, out: _Outputs) -> None:
+    """Count, quarantine, deduplicate and write a worker's chunk (``lines`` = lines before)."""
+    summary.records += chunk.records
+    summary.parsed += chunk.parsed
+    summary.rejected += chunk.rejected
+    for entry in chunk.rejects:
+        entry["line"] += lines
+        quarantine.reject(**entry)
+    if not chunk.ids:
+        return
+    keep = _fresh_mask(chunk.ids, seen, out.db if lookup else None, summary)
+    if not any(keep):
+        return
+    if out.db is not None and chunk.store is not None:
+        ep_table, st_table = chunk.store
+        ep_table = _shift_column(ep_table, "source_line", lines)
+        if not all(keep):
+            import numpy as np
+
+            st_table = st_table.filter(np.repeat(keep, ep_table["n_steps"].to_numpy()))
+            ep_table = ep_table.filter(keep)
+        _insert_tables(out.db, ep_table, st_table)
+    if out.arrow_sink is not None and chunk.arrow is not None:
+        table = _shift_source_line(chunk.arrow, lines)
+        out.arrow_sink(table if all(keep) else table.filter(keep))
+
+
+def _shift_column(table: Any, name: str, by: int) -> Any:
+    """The table with ``by`` added to the integer column ``name``."""
+    if not by:
+        return table
+    return table.set_column(table.schema.get_field_index(name), name,
+                            _shifted(table[name].combine_chunks(), by))
+
+
+def _shift_source_line(table: Any, by: int) -> Any:
+    """The table with ``by`` added to ``source.line``."""
+    import pyarrow as pa
+
+    if not by:
+        return table
+    source = table["source"].combine_chunks()
+    shifted = pa.StructArray.from_arrays(
+        [source.field("format"), source.field("file"), _shifted(source.field("line"), by)],
+        fields=list(source.type), mask=source.is_null() if source.null_count else None)
+    return table.set_column(table.schema.get_field_index("source"), "source", shifted)
+
+
+def _shifted(array: Any, by: int) -> Any:
+    # numpy rather than pyarrow.compute, whose import alone takes longer than a small run.
+    import pyarrow as pa
+
+    if array.null_count:
+        return pa.array([None if v is None else v + by for v in array.to_pylist()], array.type)
+    return pa.array(array.to_numpy() + by, array.type)

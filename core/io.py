@@ -21,6 +21,7 @@ import glob as globmod
 import gzip
 import io
 import os
+import stat
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -248,11 +249,14 @@ def _not_object(value: Any) -> str:
     return f"expected a JSON object, found {kind}"
 
 
-def _read_jsonl(stream: IO[bytes], name: str, batch_size: int) -> Iterator[list[SourceRow]]:
+def _read_jsonl(stream: IO[bytes], name: str, batch_size: int,
+                at_start: bool = True) -> Iterator[list[SourceRow]]:
+    """Batches of rows from JSON lines; ``at_start`` = the stream starts at the file's start
+    (where a byte-order mark may be). Lines are numbered from 1 either way."""
     loads = orjson.loads
     batch: list[SourceRow] = []
     for lineno, raw in enumerate(stream, 1):
-        if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+        if lineno == 1 and at_start and raw.startswith(b"\xef\xbb\xbf"):
             raw = raw[3:]
         if not raw.strip():
             continue
@@ -270,6 +274,49 @@ def _read_jsonl(stream: IO[bytes], name: str, batch_size: int) -> Iterator[list[
             batch = []
     if batch:
         yield batch
+
+
+def splittable_size(source: Source) -> int:
+    """The size of a source that ``read_jsonl_range`` can read in pieces (a plain, seekable
+    file that ``read_rows`` reads as JSON lines), else 0."""
+    if source.path is None or source.kind != "jsonl" or source.compression is not None:
+        return 0
+    try:
+        with open(source.path, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return 0
+            head = f.read(256)
+            size = os.fstat(f.fileno()).st_size
+    except OSError:
+        return 0
+    if head.startswith((_GZIP_MAGIC, _ZSTD_MAGIC)):
+        return 0
+    if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):  # a JSON array: read whole
+        return 0
+    return size
+
+
+def read_jsonl_range(path: str, name: str, start: int, end: int,
+                     batch_size: int = DEFAULT_BATCH_SIZE) -> tuple[list[SourceRow], int]:
+    """The rows of the lines of a plain JSONL file that start in bytes ``[start, end)``, and
+    how many lines start there.
+
+    A line belongs to the range it starts in, so ranges that tile a file read every line
+    once. Line numbers count from 1 at the range's first line: add the number of lines in
+    the ranges before it for the line in the file.
+    """
+    with open(path, "rb") as f:
+        if start > 0:
+            f.seek(start - 1)
+            f.readline()  # the end of a line that started before this range
+        pos = f.tell()
+        data = f.read(end - pos) if pos < end else b""
+        if data and not data.endswith(b"\n"):
+            data += f.readline()  # the last line starts in the range: read all of it
+    lines = data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
+    rows = [row for batch in _read_jsonl(io.BytesIO(data), name, batch_size, start == 0)
+            for row in batch]
+    return rows, lines
 
 
 def _looks_keyed(doc: dict) -> bool:
@@ -321,7 +368,7 @@ def _read_parquet(stream: IO[bytes], source: Source,
     target: Any = source.path
     if source.path is None or source.compression is not None:
         # Parquet needs random access: spool a pipe or a compressed file to a temp file.
-        spool = tempfile.TemporaryFile()
+        spool = tempfile.TemporaryFile()  # noqa: SIM115 - must outlive this block
         while chunk := stream.read(1 << 20):
             spool.write(chunk)
         spool.seek(0)
@@ -460,7 +507,7 @@ class RecordWriter:
             _, compression = split_suffixes(self.path)
             self._out = _open_compressed_writer(self._tmp_path, compression)  # type: ignore[arg-type]
         elif self.kind in ("parquet", "csv") and not (self.kind == "parquet" and self._schema):
-            self._spool = tempfile.TemporaryFile()
+            self._spool = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
 
     def write_many(self, records: Iterable[dict]) -> None:
         dumps = orjson.dumps
@@ -483,6 +530,18 @@ class RecordWriter:
 
     def write(self, record: dict) -> None:
         self.write_many([record])
+
+    def write_arrow(self, table: Any) -> None:
+        """Write an Arrow table that is already in this writer's ``arrow_schema`` (Parquet
+        output only): the fast path for records built column by column."""
+        if self.kind != "parquet" or self._schema is None:
+            raise ValueError("write_arrow needs a Parquet output with a known arrow_schema")
+        if self._pq_writer is None:
+            import pyarrow.parquet as pq
+
+            self._pq_writer = pq.ParquetWriter(self._tmp_path, self._schema, compression="zstd")
+        self._pq_writer.write_table(table)
+        self.count += table.num_rows
 
     def _write_parquet_known(self, records: list[dict]) -> None:
         import pyarrow as pa
@@ -551,8 +610,8 @@ def _open_compressed_writer(path: str, compression: str | None) -> IO[bytes]:
     if compression == "zstd":
         import zstandard
 
-        return zstandard.ZstdCompressor().stream_writer(open(path, "wb"))  # type: ignore[return-value]  # noqa: SIM115
-    return open(path, "wb", buffering=1 << 20)  # noqa: SIM115
+        return zstandard.ZstdCompressor().stream_writer(open(path, "wb"))  # type: ignore[return-value]
+    return open(path, "wb", buffering=1 << 20)
 
 
 class _ColumnTypes:

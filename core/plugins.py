@@ -31,6 +31,13 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "xpkit.plugins.formats.graded_qa",
     "xpkit.plugins.formats.episode",
     "xpkit.plugins.formats.mapped",
+    "xpkit.plugins.backends.llama_cpp",
+    "xpkit.plugins.backends.openai_http",
+    "xpkit.plugins.distillers.insight",
+    "xpkit.plugins.distillers.behavior",
+    "xpkit.plugins.distillers.contrast",
+    "xpkit.plugins.distillers.exemplar",
+    "xpkit.plugins.distillers.summary",
 )
 
 

@@ -70,8 +70,62 @@ def m001_initial(con: Any) -> None:
         )""")
 
 
+def m002_index_tables(con: Any) -> None:
+    """Search structures over units, episodes or steps: BM25 postings and dense vectors.
+
+    ``indexes`` describes each index (what it was built from: level, parameters, embedding
+    model, row count, input hash); ``index_docs`` numbers the indexed entries (numbers are
+    never reused, so removing an entry only leaves an empty column); ``index_terms`` and
+    ``index_postings`` hold the BM25 postings that ``xpkit.core.bm25`` scores in-process;
+    ``index_vectors`` holds L2-normalised embeddings. Adding entries appends rows: nothing
+    already indexed is rebuilt.
+    """
+    con.execute("""
+        CREATE TABLE indexes (
+            name VARCHAR PRIMARY KEY, level VARCHAR NOT NULL, params JSON,
+            embed_model VARCHAR, embed_dim INTEGER,
+            n_docs BIGINT, n_terms BIGINT, n_postings BIGINT, next_doc_no BIGINT,
+            input_hash VARCHAR, xpkit_version VARCHAR,
+            created_at TIMESTAMP, updated_at TIMESTAMP, run_id VARCHAR
+        )""")
+    con.execute("""
+        CREATE TABLE index_docs (
+            index_name VARCHAR NOT NULL, doc_no INTEGER NOT NULL, key VARCHAR NOT NULL,
+            text_hash UBIGINT, length INTEGER,
+            PRIMARY KEY (index_name, doc_no)
+        )""")
+    con.execute("""
+        CREATE TABLE index_terms (
+            index_name VARCHAR NOT NULL, term_id INTEGER NOT NULL, term VARCHAR NOT NULL,
+            PRIMARY KEY (index_name, term_id)
+        )""")
+    con.execute("""
+        CREATE TABLE index_postings (
+            index_name VARCHAR NOT NULL, term_id INTEGER NOT NULL, doc_no INTEGER NOT NULL,
+            tf INTEGER NOT NULL
+        )""")
+    con.execute("""
+        CREATE TABLE index_vectors (
+            index_name VARCHAR NOT NULL, doc_no INTEGER NOT NULL, vector FLOAT[] NOT NULL,
+            PRIMARY KEY (index_name, doc_no)
+        )""")
+
+
+def m003_unit_links(con: Any) -> None:
+    """Typed edges between units (and from units to episodes): the EXG experience graph.
+
+    ``relation`` is ``derived-from``, ``refines``, ``contradicts`` (or a plugin's own);
+    ``src`` and ``dst`` are unit ids, or episode ids (``ep_...``, ``ep_...#step``).
+    """
+    con.execute("""
+        CREATE TABLE unit_links (
+            src VARCHAR NOT NULL, dst VARCHAR NOT NULL, relation VARCHAR NOT NULL,
+            weight DOUBLE, meta JSON, run_id VARCHAR, created_at TIMESTAMP
+        )""")
+
+
 # Append only: never edit or reorder a released migration; add m00N_... at the end.
-MIGRATIONS: list[Migration] = [m001_initial]
+MIGRATIONS: list[Migration] = [m001_initial, m002_index_tables, m003_unit_links]
 
 
 def extension_path(name: str) -> Path:
@@ -207,6 +261,78 @@ class Store:
              orjson.dumps(versions()).decode(), orjson.dumps(run.counts).decode(),
              run.started_at, now(), time.monotonic() - run.t0, run.status, run.error],
         )
+
+    # ---------------------------------------------------------------- records
+
+    def episodes(self, where: str = "", params: list[Any] | None = None) -> list[dict[str, Any]]:
+        """Canonical episodes rebuilt from ``episodes`` and ``steps`` (``where`` filters the
+        episodes table, e.g. ``"episode_id IN (SELECT unnest(?))"``)."""
+        rows = self.con.execute(
+            "SELECT episode_id, source_format, source_file, source_line, task, success, "
+            "reward, score, answer, reference, model, meta FROM episodes "
+            + (f"WHERE {where} " if where else "") + "ORDER BY episode_id",
+            params or []).fetchall()
+        if not rows:
+            return []
+        ids = [r[0] for r in rows]
+        steps: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
+        for eid, role, kind, content, name, args in self.con.execute(
+                "SELECT episode_id, role, kind, content, name, args FROM steps "
+                "WHERE episode_id IN (SELECT unnest(?)) ORDER BY episode_id, step", [ids]
+        ).fetchall():
+            step: dict[str, Any] = {"role": role, "kind": kind, "content": content}
+            if name is not None:
+                step["name"] = name
+            if args is not None:
+                step["args"] = orjson.loads(args)
+            steps[eid].append(step)
+        return [{"episode_id": eid, "source": {"format": fmt, "file": file, "line": line},
+                 "task": task, "steps": steps[eid],
+                 "outcome": {"success": success, "reward": reward, "score": score},
+                 "answer": answer, "reference": reference, "model": model,
+                 "meta": orjson.loads(meta) if meta else {}}
+                for (eid, fmt, file, line, task, success, reward, score, answer, reference,
+                     model, meta) in rows]
+
+    _UNIT_COLUMNS = ("unit_id", "kind", "title", "when", "content", "example", "polarity",
+                     "evidence", "tags", "stats", "provenance", "meta")
+    _UNIT_JSON = frozenset({"evidence", "tags", "stats", "provenance", "meta"})
+
+    def units(self, where: str = "", params: list[Any] | None = None) -> list[dict[str, Any]]:
+        """Units as records (DESIGN.md "unit"), ordered by ``unit_id``."""
+        cols = ", ".join(f'"{c}"' for c in self._UNIT_COLUMNS)
+        rows = self.con.execute(f"SELECT {cols} FROM units "
+                                + (f"WHERE {where} " if where else "") + "ORDER BY unit_id",
+                                params or []).fetchall()
+        out = []
+        for row in rows:
+            unit = {}
+            for c, v in zip(self._UNIT_COLUMNS, row, strict=True):
+                if c in self._UNIT_JSON:
+                    v = orjson.loads(v) if v is not None else None
+                    if c == "meta" and not v:
+                        continue
+                unit[c] = v
+            out.append(unit)
+        return out
+
+    def upsert_units(self, units: list[dict[str, Any]]) -> None:
+        """Insert new units and replace changed ones (by ``unit_id``), keeping created_at."""
+        if not units:
+            return
+        stamp = now()
+        cols = ", ".join(f'"{c}"' for c in self._UNIT_COLUMNS)
+        marks = ", ".join("?" for _ in self._UNIT_COLUMNS)
+        updates = ", ".join(f'"{c}" = excluded."{c}"' for c in self._UNIT_COLUMNS[1:])
+        self.con.executemany(
+            f"INSERT INTO units ({cols}, created_at, updated_at) VALUES ({marks}, ?, ?) "
+            f"ON CONFLICT (unit_id) DO UPDATE SET {updates}, updated_at = excluded.updated_at",
+            [[orjson.dumps(u.get(c)).decode() if c in self._UNIT_JSON else u.get(c)
+              for c in self._UNIT_COLUMNS] + [stamp, stamp] for u in units])
+
+    def delete_units(self, unit_ids: list[str]) -> None:
+        if unit_ids:
+            self.con.execute("DELETE FROM units WHERE unit_id IN (SELECT unnest(?))", [unit_ids])
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

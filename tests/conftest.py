@@ -22,6 +22,11 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     monkeypatch.delenv("XPKIT_STORE", raising=False)
     monkeypatch.delenv("XPKIT_MODEL", raising=False)
     monkeypatch.delenv("XPKIT_DEBUG", raising=False)
+    # Model-runtime settings (XPKIT_EMBED_MODEL, XPKIT_CTX, ...: see xpkit.core.config).
+    from xpkit.core.config import Settings, env_name
+
+    for name in Settings.__dataclass_fields__:
+        monkeypatch.delenv(env_name(name), raising=False)
 
 
 @pytest.fixture

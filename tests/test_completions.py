@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "scripts"))
-from gen_completions import SHELLS, render  # noqa: E402
+from gen_completions import SHELLS, render
 
 
 @pytest.mark.parametrize("shell", sorted(SHELLS))

@@ -39,7 +39,7 @@ from xpkit.plugins.formats.fields import (
     parse_json_text,
     rest,
 )
-from xpkit.plugins.formats.react import split_react_text
+from xpkit.plugins.formats.react import _PLAIN_MARKERS, split_react_text
 
 MESSAGE_KEYS = ("messages", "traj", "conversation")
 # Where a chat record states its task explicitly (dotted paths; the first that is text wins).
@@ -52,9 +52,12 @@ SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistan
 
 def _turn_steps(role: str, content: str) -> list[dict[str, Any]]:
     """One turn as steps: ReAct text is split, anything else is a single message."""
-    if role == "assistant" and REACT_MARKER.match(content.lstrip()):
-        return split_react_text(content)
-    if role == "user" and content.lstrip().lower().startswith("observation"):
+    if role == "assistant":
+        head = content.lstrip()
+        if head.startswith(_PLAIN_MARKERS) or REACT_MARKER.match(head):
+            return split_react_text(content)
+    # (Lower-casing 11 characters, not the whole turn, gives the same answer.)
+    elif role == "user" and content.lstrip()[:11].lower().startswith("observation"):
         obs = split_react_text(content)
         for s in obs:
             s["role"] = "environment"
@@ -72,7 +75,7 @@ def _action_step(name: str, args: Any, content: str | None = None) -> dict[str, 
 def _explicit_task(record: dict[str, Any]) -> tuple[str | None, str | None]:
     """(root field, text) of the record's own task statement, if it has one."""
     for path in TASK_PATHS:
-        value = get_path(record, path)
+        value = get_path(record, path) if "." in path else record.get(path)
         if isinstance(value, str) and value.strip():
             return path.split(".", 1)[0], value
     return None, None
@@ -108,7 +111,9 @@ def message_steps(msgs: list[Any], key: str) -> tuple[str | None, list[dict[str,
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise RecordError("expected an object with a role", f"{key}.{i}")
         role = m["role"]
-        content = content_text(m.get("content"), f"{key}.{i}.content")
+        content = m.get("content")
+        if content is not None and type(content) is not str:
+            content = content_text(content, f"{key}.{i}.content")
         if role in ("tool", "function"):
             steps.append(make_step("tool", "observation", content or "",
                                    name=m.get("name") or m.get("tool_call_id")))
@@ -120,7 +125,8 @@ def message_steps(msgs: list[Any], key: str) -> tuple[str | None, list[dict[str,
             steps.append(make_step("user", "message", content or ""))
         elif content:
             steps.extend(_turn_steps(role, content))
-        for j, call in enumerate(m.get("tool_calls") or []):
+        calls = m.get("tool_calls")
+        for j, call in enumerate(calls) if calls else ():
             fn = call.get("function", call) if isinstance(call, dict) else None
             if not isinstance(fn, dict) or not fn.get("name"):
                 raise RecordError("tool call without a function name",

@@ -22,6 +22,7 @@ SUCCESS_KEYS = ("success", "correct", "is_correct", "solved", "is_solved", "pass
                 "resolved", "is_success")
 REWARD_KEYS = ("reward",)
 SCORE_KEYS = ("score", "f1", "accuracy")
+_OUTCOME_KEYS = frozenset(SUCCESS_KEYS + REWARD_KEYS + SCORE_KEYS)
 
 # Fields that hold a whole trajectory or conversation: a record that has one is an agent or
 # chat log, never a single graded answer (see ``carries_trajectory``).
@@ -32,6 +33,7 @@ TRAJECTORY_KEYS = ("trajectory", "traj", "scratchpad", "messages", "conversation
 # ``Thought 3:``, ``Action:``, ``Observation 2:`` (ReAct, Yao et al., 2023).
 REACT_MARKER = re.compile(r"^(Thought|Action|Observation|Act|Obs)(?:\s*\d+)?\s*:\s?",
                           re.IGNORECASE)
+_REACT_LINE = re.compile(REACT_MARKER.pattern, re.IGNORECASE | re.MULTILINE)
 # ``Finish[answer]``, ``search[query]``: a ReAct tool call written as text.
 TOOL_CALL = re.compile(r"^\s*([A-Za-z_][\w-]*)\[(.*)\]\s*$", re.DOTALL)
 
@@ -71,6 +73,8 @@ def find_outcome(record: dict[str, Any], *containers: str) -> tuple[dict[str, An
     found: dict[str, Any] = {}
     scopes = [(None, record)] + [(c, record[c]) for c in containers
                                  if isinstance(record.get(c), dict)]
+    if all(_OUTCOME_KEYS.isdisjoint(scope) for _, scope in scopes):
+        return {"success": None, "reward": None, "score": None}, used  # the common case
     for name, keys in (("success", SUCCESS_KEYS), ("reward", REWARD_KEYS),
                        ("score", SCORE_KEYS)):
         for scope_name, scope in scopes:
@@ -98,10 +102,14 @@ def carries_trajectory(record: dict[str, Any]) -> bool:
         value = record.get(key)
         if isinstance(value, list) and value and isinstance(value[0], dict):
             return True
-        if isinstance(value, str) and any(REACT_MARKER.match(line)
-                                          for line in value.splitlines()[:50]):
+        if isinstance(value, str) and has_react_lines(value):
             return True
     return False
+
+
+def has_react_lines(text: str) -> bool:
+    """True when some line of ``text`` starts with a ReAct marker (``Thought 1:``, ...)."""
+    return _REACT_LINE.search(text) is not None
 
 
 def parse_json_text(raw: Any) -> Any:

@@ -48,7 +48,7 @@ OUTPUT_KEYS = ("response", "final_output", "model_output", "generated", "output"
                "completion")
 PREDICTION_KEYS = ANSWER_KEYS + OUTPUT_KEYS
 REFERENCE_KEYS = ("reference", "ground_truth", "gold", "gt", "target", "correct_answer",
-                  "expected_answer", "label")
+                  "expected_answer", "label", "canonical_solution")
 GRADE_KEYS = (*SUCCESS_KEYS, "score", "reward")
 SAMPLE_GRADE_KEYS = ("infos", "accs")
 # Where a sampled-outputs record keeps its input (ToT's BFS log: the first search step's x).

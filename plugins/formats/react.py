@@ -39,6 +39,7 @@ from xpkit.plugins.formats.fields import (
     find_outcome,
     finish_argument,
     first_present,
+    has_react_lines,
     rest,
 )
 
@@ -70,41 +71,66 @@ def split_react_text(text: str) -> list[dict[str, Any]]:
     leading observation (the environment's opening description, or the prompt). An action
     written ``tool[argument]`` gets ``name`` = tool and ``args`` = ``{"input": argument}``.
     """
+    # This runs on every turn of every chat record, so it builds the step dicts itself
+    # (``make_step`` would only re-check them) and skips the regex where it can.
     steps: list[dict[str, Any]] = []
-    kind: str | None = None
+    # Text before the first marker is an environment observation, like an Observation step.
+    role, kind = "environment", "observation"
     buf: list[str] = []
-
-    def flush() -> None:
-        content = "\n".join(buf).strip()
-        if kind is None:
-            if content:
-                steps.append(make_step("environment", "observation", content))
-            return
-        name, args = None, None
-        if kind == "action":
-            m = TOOL_CALL.match(content)
-            if m:
-                name, args = m.group(1), {"input": m.group(2)}
-        steps.append(make_step(_ROLE[kind], kind, content, name=name, args=args))
-
+    match = REACT_MARKER.match
     for line in text.splitlines():
-        m = REACT_MARKER.match(line)
+        if line.startswith(_PLAIN_MARKERS):  # what the regex would match, found faster
+            if buf:
+                _close_step(steps, role, kind, buf)
+            end, role, kind = _PLAIN_MARKER[line[0]]
+            buf = [line[end:]]
+            continue
+        m = match(line) if line[:1] in _MARKER_INITIALS else None
         if m:
-            flush()
-            kind, buf = _KIND[m.group(1).lower()], [line[m.end():]]
+            if buf:
+                _close_step(steps, role, kind, buf)
+            role, kind = _ROLE_KIND[m.group(1).lower()]
+            buf = [line[m.end():]]
             continue
         if line.startswith("> "):
-            flush()
+            if buf:
+                _close_step(steps, role, kind, buf)
             body = line[2:].strip()
             if body.lower().startswith("think:"):
-                kind, buf = "thought", [body[6:].strip()]
+                role, kind, buf = "assistant", "thought", [body[6:].strip()]
             else:
-                steps.append(make_step("assistant", "action", body))
-                kind, buf = "observation", []
+                steps.append({"role": "assistant", "kind": "action", "content": body})
+                role, kind, buf = "environment", "observation", []
             continue
         buf.append(line)
-    flush()
-    return [s for s in steps if s["content"] or s["kind"] == "action"]
+    if buf:
+        _close_step(steps, role, kind, buf)
+    return steps
+
+
+# Marker word (lower case) -> (role, kind) of the step it opens.
+_ROLE_KIND = {word: (_ROLE[kind], kind) for word, kind in _KIND.items()}
+# The usual spellings, which REACT_MARKER matches exactly: first letter -> (length, role, kind).
+_PLAIN_MARKERS = ("Thought: ", "Action: ", "Observation: ")
+_PLAIN_MARKER = {p[0]: (len(p), *_ROLE_KIND[p[:-2].lower()]) for p in _PLAIN_MARKERS}
+# Every character REACT_MARKER can start with: no other code point matches t, a or o when
+# case is ignored (checked over all of Unicode).
+_MARKER_INITIALS = frozenset("TtAaOo")
+
+
+def _close_step(steps: list[dict[str, Any]], role: str, kind: str, buf: list[str]) -> None:
+    """Append the step whose lines are ``buf`` (``split_react_text``). An action is always
+    kept; another step only when it has content."""
+    content = (buf[0] if len(buf) == 1 else "\n".join(buf)).strip()
+    if kind == "action":
+        m = TOOL_CALL.match(content)
+        if m:
+            steps.append({"role": role, "kind": kind, "content": content,
+                          "name": m.group(1), "args": {"input": m.group(2)}})
+        else:
+            steps.append({"role": role, "kind": kind, "content": content})
+    elif content:
+        steps.append({"role": role, "kind": kind, "content": content})
 
 
 def steps_from_messages(messages: list[Any], field: str) -> tuple[str | None, list[dict]]:
@@ -150,7 +176,7 @@ class ReactFormat(InputFormat):
     def sniff(self, record: dict[str, Any]) -> float:
         _, traj = first_present(record, TRAJ_KEYS)
         if isinstance(traj, str):
-            return 1.0 if REACT_MARKER.search(traj) or "\n> " in traj else 0.3
+            return 1.0 if has_react_lines(traj) or "\n> " in traj else 0.3
         if isinstance(traj, list) and traj and isinstance(traj[0], dict):
             text = " ".join(str(m.get("content", "")) for m in traj[:4] if isinstance(m, dict))
             return 0.95 if re.search(r"(Thought|Action)\s*\d*:", text) else 0.2
@@ -370,13 +396,23 @@ def _clean_question(text: str) -> str:
 
 
 def _take_reflections(lines: list[str]) -> tuple[list[str], list[str]]:
-    """Separate ``Reflections:`` / ``Reflection:`` entries (``- ...`` lines, or the header's own
-    text) from the other lines; a blank, marker or ``Question:`` line ends the list."""
+    """Separate ``Reflections:`` / ``Reflection:`` entries from the other lines.
+
+    Before an attempt (ReAct+Reflexion, CoT retry prompts), the entries are the header's own
+    text and the ``- ...`` lines after it, up to a blank, marker or ``Question:`` line. After
+    an attempt, the rest of the block is one entry: a lesson written after the attempt, or
+    in CoT "last trial" runs the replayed previous attempt, which is not part of this one.
+    """
     kept: list[str] = []
     reflections: list[str] = []
-    active = False
-    for line in lines:
+    active = attempted = False
+    for i, line in enumerate(lines):
         m = _REFLECTIONS.match(line)
+        if m and attempted:
+            text = "\n".join([m.group(1), *lines[i + 1:]]).strip()
+            if text:
+                reflections.append(text)
+            break
         if m:
             active = True
             if m.group(1).strip():
@@ -387,6 +423,10 @@ def _take_reflections(lines: list[str]) -> tuple[list[str], list[str]]:
             reflections.append(line[2:].strip() if line.startswith("- ") else line.strip())
             continue
         active = False
+        if REACT_MARKER.match(line):
+            attempted = True
+        elif line.startswith(_END_PREVIOUS):
+            attempted = False
         kept.append(line)
     return kept, reflections
 

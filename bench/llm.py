@@ -1,0 +1,232 @@
+"""Model runtime throughput: xpkit's path against plain llama-cpp-python, and the cache.
+
+The same N prompts (default 200) share one ~300-token system prompt and ask for a small
+JSON object under a JSON schema; each varies in a ~100-token agent log. Measured, all
+greedy (temperature 0), on the bundled SmolLM2-135M-Instruct:
+
+1. plain   — one ``llama_cpp.Llama``, ``create_chat_completion(response_format=json_object
+             + schema)`` in a loop (the loop a user would write);
+2. xpkit   — ``get_llm().run(requests)`` with an empty cache and ``retries=0`` (the same
+             work as the loop: one call per prompt);
+3. prefix  — on the first few prompts, xpkit's path with the KV state reset before every
+             call against keeping it (the shared-prefix reuse), with identical outputs;
+4. cached  — the same batch again from the cache: in-process, and as a fresh process (the
+             way a rerun of a command pays for it: interpreter start and imports included);
+5. embed   — texts/s of ``core.embeddings`` (llama.cpp, mean pooling), uncached, then cached.
+
+Rates: generated tokens/s (completion tokens / wall time) and items/s. Both paths load the
+model with the same parameters (threads, context, OpenMP passive waiting, the CPU buffer
+rule of ``xpkit.plugins.backends.llama_cpp``) so only the calling path differs.
+
+    python bench/llm.py              # 200 prompts (takes a while on 2 cores)
+    python bench/llm.py --n 40       # fewer prompts
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before llama.cpp's library loads
+
+import orjson
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "verdict": {"enum": ["success", "failure"]},
+        "lesson": {"type": "string", "description": "one sentence a future agent can reuse"},
+    },
+    "required": ["verdict", "lesson"],
+    "additionalProperties": False,
+}
+ROOMS = ["kitchen", "garage", "office", "bedroom", "lab", "attic", "cellar", "library"]
+ITEMS = ["apple", "key", "mug", "lamp", "book", "knife", "towel", "battery", "map", "coin"]
+
+
+def system_prompt() -> str:
+    rules = " ".join(
+        f"Rule {i + 1}: {text}" for i, text in enumerate([
+            "read the whole log before judging it.", "a task succeeds only if the goal state "
+            "is reached.", "prefer lessons that name a concrete precondition.", "never "
+            "repeat the log verbatim.", "write the lesson for an agent that has not seen "
+            "this log.", "keep the lesson under twenty words.", "mention the object the "
+            "lesson is about.", "do not invent steps that are not in the log."] * 3))
+    from xpkit.core.llm import form_example
+
+    return ("You are an experienced reviewer of household-robot trajectories. You read one "
+            "agent log and return a verdict and one reusable lesson as JSON. " + rules
+            + " Answer with JSON of this form only: " + form_example(SCHEMA))
+
+
+def prompts(n: int) -> list[str]:
+    out = []
+    for i in range(n):
+        room, item = ROOMS[i % len(ROOMS)], ITEMS[(i * 7) % len(ITEMS)]
+        other = ITEMS[(i * 3 + 1) % len(ITEMS)]
+        ok = i % 3 != 0
+        steps = [f"Task {i}: put the {item} from the {room} on the table.",
+                 f"Step 1: go to the {room}. You arrive in the {room}.",
+                 f"Step 2: look around. You see a shelf, a drawer and a {other}.",
+                 f"Step 3: open the drawer. The drawer is {'open' if ok else 'locked'}.",
+                 f"Step 4: take the {item if ok else other}. You take it.",
+                 "Step 5: go to the table. You arrive at the table.",
+                 f"Step 6: put it on the table. Outcome: {'success' if ok else 'failure'}."]
+        out.append(" ".join(steps))
+    return out
+
+
+def model_path() -> str:
+    from xpkit.core.llm import resolve_model
+
+    return resolve_model("default").location
+
+
+def run_plain(texts: list[str], system: str, max_tokens: int, threads: int, ctx: int) -> dict:
+    import llama_cpp
+
+    from xpkit.core.config import load_settings
+    from xpkit.plugins.backends.llama_cpp import load_params, use_extra_buffers
+
+    with load_params(use_extra_buffers(load_settings().cpu_extra_buffers)):
+        llm = llama_cpp.Llama(model_path=model_path(), n_ctx=ctx, n_threads=threads,
+                              n_threads_batch=threads, verbose=False)
+    fmt = {"type": "json_object", "schema": SCHEMA}
+    outs, ptok, ctok = [], 0, 0
+    t0 = time.perf_counter()
+    for text in texts:
+        r = llm.create_chat_completion(
+            [{"role": "system", "content": system}, {"role": "user", "content": text}],
+            response_format=fmt, max_tokens=max_tokens, temperature=0)
+        outs.append(r["choices"][0]["message"]["content"])
+        ptok += r["usage"]["prompt_tokens"]
+        ctok += r["usage"]["completion_tokens"]
+    wall = time.perf_counter() - t0
+    llm.close()
+    return {"wall": wall, "prompt_tokens": ptok, "completion_tokens": ctok, "outputs": outs}
+
+
+def run_xpkit(texts: list[str], system: str, max_tokens: int, threads: int, ctx: int,
+              reset: bool = False, no_cache: bool = False) -> dict:
+    from xpkit.core.llm import Request, get_llm
+
+    llm = get_llm(threads=threads, ctx=ctx, retries=0, no_cache=no_cache)
+    reqs = [Request(t, system=system, schema=SCHEMA, max_tokens=max_tokens) for t in texts]
+    if reset:  # the control: forget the KV state before every call
+        handle = llm.handle
+        original = handle.complete
+
+        def complete(*args, **kwargs):
+            handle.llm.reset()
+            return original(*args, **kwargs)
+
+        handle.complete = complete
+    t0 = time.perf_counter()
+    out = llm.run(reqs)
+    wall = time.perf_counter() - t0
+    if reset:
+        del handle.complete
+    return {"wall": wall, "completion_tokens": sum(c.completion_tokens for c in out),
+            "prompt_tokens": sum(c.prompt_tokens for c in out),
+            "reused_tokens": llm.stats.reused_tokens, "model_calls": llm.stats.model_calls,
+            "valid": sum(c.ok for c in out), "outputs": [c.text for c in out],
+            "cached": sum(c.cached for c in out)}
+
+
+def run_embed(n: int, threads: int) -> dict:
+    from xpkit.core.embeddings import get_embedder
+
+    texts = [f"{line[:160]} (variant {i})" for i, line in enumerate(prompts(n))]
+    emb = get_embedder(threads=threads, no_cache=True)
+    emb.handle  # noqa: B018 - load outside the timing
+    t0 = time.perf_counter()
+    emb.embed(texts)
+    wall = time.perf_counter() - t0
+    cached = get_embedder(threads=threads)
+    cached.embed(texts)  # fill the cache
+    t1 = time.perf_counter()
+    cached.embed(texts)
+    return {"n": n, "wall": wall, "cached_wall": time.perf_counter() - t1}
+
+
+def cached_phase(args: argparse.Namespace) -> None:
+    """Child process: the fully cached rerun, timed from interpreter start to the end."""
+    res = run_xpkit(prompts(args.n), system_prompt(), args.max_tokens, args.threads, args.ctx)
+    print(orjson.dumps({"model_calls": res["model_calls"], "cached": res["cached"]}).decode())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=200, help="prompts (default 200)")
+    ap.add_argument("--max-tokens", type=int, default=48)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--ctx", type=int, default=2048)
+    ap.add_argument("--prefix-n", type=int, default=8, help="prompts for the prefix test")
+    ap.add_argument("--embed-n", type=int, default=64)
+    ap.add_argument("--phase", default="all", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.phase == "cached":
+        return cached_phase(args)
+
+    home = tempfile.mkdtemp(prefix="xpkit-bench-llm-")
+    os.environ["XPKIT_HOME"] = home
+    texts, system = prompts(args.n), system_prompt()
+    from xpkit.core.tokens import count_model_tokens
+
+    print(f"model: SmolLM2-135M-Instruct Q4_1; {args.n} prompts; threads={args.threads}; "
+          f"max_tokens={args.max_tokens}; system prompt "
+          f"{count_model_tokens([{'role': 'system', 'content': system}], ctx=args.ctx)} "
+          f"tokens; load average {os.getloadavg()[0]:.1f}", flush=True)
+
+    plain = run_plain(texts, system, args.max_tokens, args.threads, args.ctx)
+    rate = plain["completion_tokens"] / plain["wall"]
+    print(f"plain llama-cpp-python loop: {plain['wall']:.1f} s, {args.n / plain['wall']:.2f} "
+          f"items/s, {rate:.1f} generated tok/s", flush=True)
+
+    ours = run_xpkit(texts, system, args.max_tokens, args.threads, args.ctx)
+    xrate = ours["completion_tokens"] / ours["wall"]
+    same = sum(a == b for a, b in zip(plain["outputs"], ours["outputs"], strict=True))
+    print(f"xpkit run():                 {ours['wall']:.1f} s, {args.n / ours['wall']:.2f} "
+          f"items/s, {xrate:.1f} generated tok/s -> {xrate / rate:.2f}x plain; "
+          f"{ours['valid']}/{args.n} schema-valid (the rest cut off at max_tokens); "
+          f"{same}/{args.n} outputs identical to plain; "
+          f"{ours['reused_tokens']:,} of {ours['prompt_tokens']:,} prompt tokens reused "
+          "from the KV cache", flush=True)
+
+    k = min(args.prefix_n, args.n)
+    kept = run_xpkit(texts[:k], system, args.max_tokens, args.threads, args.ctx,
+                     no_cache=True)
+    reset = run_xpkit(texts[:k], system, args.max_tokens, args.threads, args.ctx,
+                      reset=True, no_cache=True)
+    print(f"prefix reuse ({k} prompts):    kept {kept['wall'] / k:.2f} s/call vs reset "
+          f"{reset['wall'] / k:.2f} s/call -> {reset['wall'] / kept['wall']:.2f}x; outputs "
+          f"identical: {kept['outputs'] == reset['outputs']}", flush=True)
+
+    warm = run_xpkit(texts, system, args.max_tokens, args.threads, args.ctx)
+    t0 = time.perf_counter()
+    child = subprocess.run([sys.executable, __file__, "--phase", "cached", "--n", str(args.n),
+                            "--max-tokens", str(args.max_tokens), "--threads",
+                            str(args.threads), "--ctx", str(args.ctx)],
+                           capture_output=True, env={**os.environ, "XPKIT_HOME": home})
+    proc_wall = time.perf_counter() - t0
+    info = orjson.loads(child.stdout.splitlines()[-1]) if child.returncode == 0 else {}
+    print(f"cached rerun:                in-process {warm['wall'] * 1000:.1f} ms "
+          f"({ours['wall'] / warm['wall']:,.0f}x faster, {warm['model_calls']} model calls); "
+          f"new process {proc_wall:.2f} s incl. interpreter start "
+          f"({ours['wall'] / proc_wall:,.0f}x faster, {info.get('model_calls')} model calls)",
+          flush=True)
+
+    emb = run_embed(args.embed_n, args.threads)
+    print(f"embeddings:                  {emb['n'] / emb['wall']:.1f} texts/s uncached "
+          f"({emb['n']} texts, mean pooling); cached {emb['n'] / emb['cached_wall']:,.0f} "
+          "texts/s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

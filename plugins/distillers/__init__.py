@@ -1,0 +1,1 @@
+"""Built-in distillers for ``xpkit distill --method NAME``."""
