@@ -42,6 +42,7 @@ class Result:
     input_bytes: int
     records: int
     seconds: float
+    cpu: float  # user + system seconds of the process and its children
     peak_rss: int
     note: str = ""
 
@@ -114,9 +115,17 @@ def _tree_rss(pid: int) -> int:
     return rss + sum(_tree_rss(int(c)) for c in children)
 
 
-def run_measured(argv: list[str], log: Path, rss_limit: int | None = None
-                 ) -> tuple[float, int, int, bool]:
-    """Run ``argv``; return (seconds, peak RSS bytes, exit status, killed for memory)."""
+@dataclass
+class Run:
+    seconds: float
+    cpu: float
+    peak_rss: int
+    code: int
+    killed: bool  # for passing rss_limit
+
+
+def run_measured(argv: list[str], log: Path, rss_limit: int | None = None) -> Run:
+    """Run ``argv`` with stdout discarded and stderr to ``log``; time it, watch its memory."""
     t0 = time.perf_counter()
     with open(log, "wb") as err:
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err,
@@ -139,7 +148,8 @@ def run_measured(argv: list[str], log: Path, rss_limit: int | None = None
     proc.returncode = os.waitstatus_to_exitcode(status)
     done.set()
     sampler.join()
-    return seconds, max(peak, usage.ru_maxrss * 1024), proc.returncode, killed
+    return Run(seconds, usage.ru_utime + usage.ru_stime, max(peak, usage.ru_maxrss * 1024),
+               proc.returncode, killed)
 
 
 def _check(name: str, code: int, log: Path) -> None:
@@ -156,26 +166,27 @@ def _parquet_rows(path: Path) -> int:
 
 PY = sys.executable
 XPKIT = str(Path(PY).with_name("xpkit"))
+# The floor: DuckDB's own JSON reader and Parquet writer, all in C++ on every core.
 DUCKDB_SCRIPT = """
 import sys, duckdb
-con = duckdb.connect()
-con.execute(f"COPY (SELECT * FROM read_json('{sys.argv[1]}', format='newline_delimited')) "
-            f"TO '{sys.argv[2]}' (FORMAT parquet, COMPRESSION zstd)")
+duckdb.connect().execute(
+    f"COPY (SELECT * FROM read_json('{sys.argv[1]}')) TO '{sys.argv[2]}' (FORMAT parquet)")
 """
 PANDAS_SCRIPT = """
 import sys, pandas as pd
-pd.read_json(sys.argv[1], lines=True).to_parquet(sys.argv[2], compression="zstd")
+pd.read_json(sys.argv[1], lines=True).to_parquet(sys.argv[2])
 """
 
 
 def bench_xpkit_parquet(big: Path, work: Path, size: int, records: int) -> Result:
     out = work / "xpkit.parquet"
     log = work / "xpkit-parquet.log"
-    secs, rss, code, _ = run_measured([XPKIT, "ingest", str(big), "-o", str(out)], log)
-    _check("xpkit ingest -o", code, log)
+    run = run_measured([XPKIT, "ingest", str(big), "-o", str(out)], log)
+    _check("xpkit ingest -o", run.code, log)
     rows = _parquet_rows(out)
     note = "" if rows == records else f"wrote {rows} of {records} records"
-    return Result("xpkit-parquet", "xpkit ingest -> Parquet", size, records, secs, rss, note)
+    return Result("xpkit-parquet", "xpkit ingest -> Parquet", size, records, run.seconds,
+                  run.cpu, run.peak_rss, note)
 
 
 def bench_xpkit_store(big: Path, work: Path, size: int, records: int) -> Result:
@@ -183,48 +194,53 @@ def bench_xpkit_store(big: Path, work: Path, size: int, records: int) -> Result:
 
     db = work / "store.duckdb"
     log = work / "xpkit-store.log"
-    secs, rss, code, _ = run_measured([XPKIT, "ingest", str(big), "--store", str(db)], log)
-    _check("xpkit ingest --store", code, log)
+    run = run_measured([XPKIT, "ingest", str(big), "--store", str(db)], log)
+    _check("xpkit ingest --store", run.code, log)
     with duckdb.connect(str(db), read_only=True) as con:
         rows = con.execute("SELECT count(*) FROM episodes").fetchone()[0]  # type: ignore[index]
     note = "" if rows == records else f"stored {rows} of {records} records"
-    return Result("xpkit-store", "xpkit ingest -> store", size, records, secs, rss, note)
+    return Result("xpkit-store", "xpkit ingest -> store", size, records, run.seconds, run.cpu,
+                  run.peak_rss, note)
 
 
 def bench_duckdb(big: Path, work: Path, size: int, records: int) -> Result:
     out = work / "duckdb.parquet"
     log = work / "duckdb.log"
-    secs, rss, code, _ = run_measured([PY, "-c", DUCKDB_SCRIPT, str(big), str(out)], log)
-    _check("duckdb", code, log)
-    return Result("duckdb", "duckdb read_json -> Parquet", size, records, secs, rss)
+    run = run_measured([PY, "-c", DUCKDB_SCRIPT, str(big), str(out)], log)
+    _check("duckdb", run.code, log)
+    return Result("duckdb", "duckdb read_json -> Parquet", size, records, run.seconds, run.cpu,
+                  run.peak_rss)
 
 
-def bench_pandas(big: Path, work: Path, size: int, records: int, slice_mb: int | None) -> Result:
+def bench_pandas(big: Path, work: Path, size: int, records: int, slice_mb: int | None,
+                 why: str = "--pandas-mb") -> Result:
     out = work / "pandas.parquet"
     log = work / "pandas.log"
     src, note = big, ""
     if slice_mb is not None:
         src = work / "slice.jsonl"
         size, records = slice_input(big, src, slice_mb << 20)
-        note = f"on the first {size / MB:,.0f} MB only (--pandas-mb)"
-    secs, rss, code, killed = run_measured([PY, "-c", PANDAS_SCRIPT, str(src), str(out)], log,
-                                           PANDAS_RSS_LIMIT)
-    if killed:
-        slice_mb = max(1, size // 4 >> 20)
-        print(f"  pandas passed {PANDAS_RSS_LIMIT >> 30} GiB RSS; retrying on the first "
-              f"{slice_mb} MiB", file=sys.stderr)
-        return bench_pandas(big, work, size, records, slice_mb)
-    _check("pandas", code, log)
-    return Result("pandas", "pandas read_json -> Parquet", size, records, secs, rss, note)
+        note = f"on the first {size / MB:,.0f} MB only: {why}"
+    run = run_measured([PY, "-c", PANDAS_SCRIPT, str(src), str(out)], log, PANDAS_RSS_LIMIT)
+    if run.killed:
+        print(f"  pandas passed {PANDAS_RSS_LIMIT >> 30} GiB RSS on {size / MB:,.0f} MB; "
+              "retrying on a quarter of that", file=sys.stderr)
+        return bench_pandas(big, work, size, records, max(1, (size // 4) >> 20),
+                            f"{size / MB:,.0f} MB took pandas past "
+                            f"{PANDAS_RSS_LIMIT >> 30} GiB RSS")
+    _check("pandas", run.code, log)
+    return Result("pandas", "pandas read_json -> Parquet", size, records, run.seconds, run.cpu,
+                  run.peak_rss, note)
 
 
 # --------------------------------------------------------------------------- report
 
 
 def report(results: list[Result]) -> None:
-    print(f"{'contender':<30}{'MB/s':>9}{'records/s':>12}{'seconds':>9}{'peak RSS':>11}")
+    print(f"{'contender':<30}{'MB/s':>8}{'records/s':>11}{'seconds':>9}{'CPU s':>8}"
+          f"{'peak RSS':>11}")
     for r in results:
-        print(f"{r.name:<30}{r.mb_s:>9.1f}{r.rec_s:>12,.0f}{r.seconds:>9.1f}"
+        print(f"{r.name:<30}{r.mb_s:>8.1f}{r.rec_s:>11,.0f}{r.seconds:>9.1f}{r.cpu:>8.1f}"
               f"{r.peak_rss / MB:>8,.0f} MB" + (f"   ({r.note})" if r.note else ""))
     by = {r.key: r for r in results}
     for xk in ("xpkit-parquet", "xpkit-store"):

@@ -15,8 +15,10 @@ Each contender runs in its own process, which reports its own peak RSS (``ru_max
   document in Python: about 2 queries/s here), reported as queries/s.
 
 Quality: CISI (1,460 abstracts, 76 judged queries): nDCG@10 and recall@100 for xpkit BM25 and
-bm25s with the same tokenization; with ``--dense MODEL`` also xpkit dense and hybrid (the
-bundled SmolLM2 embeds ~15-20 texts/s, so ``--dense default`` adds about 1.5 minutes).
+bm25s with the same tokenization; with ``--dense MODEL`` also xpkit dense and hybrid. Embedding
+the 1,460 abstracts is the slow part: SmolLM2 through llama.cpp measured 0.13 abstracts/s
+(1.2 short texts/s) on this 2-core machine under load, i.e. hours; use a faster embedding
+model or an embedding server (``--dense http://host:port/v1``).
 
     python bench/retrieve.py                       # 100k units, 1,000 queries, CISI
     python bench/retrieve.py --units 200000 --dense default

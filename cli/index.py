@@ -61,7 +61,7 @@ def index(
     from xpkit.core.errors import UsageError
     from xpkit.core.index import index as core_index
 
-    if not inputs and level == "unit" and id_field is None:
+    if not inputs and level == "unit":
         import sys
 
         if sys.stdin is not None and not sys.stdin.isatty():

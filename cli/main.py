@@ -20,6 +20,7 @@ from xpkit.cli import models as models_cmd
 from xpkit.cli import pending
 from xpkit.cli import plugins as plugins_cmd
 from xpkit.cli import retrieve as retrieve_cmd
+from xpkit.cli import select_data as select_data_cmd
 from xpkit.cli import show as show_cmd
 from xpkit.cli.errors import report
 
@@ -57,6 +58,7 @@ app.command("ingest")(ingest_cmd.ingest)
 app.command("distill")(distill_cmd.distill)
 app.command("index")(index_cmd.index)
 app.command("retrieve")(retrieve_cmd.retrieve)
+app.command("select-data")(select_data_cmd.select_data)
 for _name, _help in pending.PENDING.items():
     app.command(_name, help=_help, context_settings=pending.PASSTHROUGH)(pending.make(_name))
 app.command("show")(show_cmd.show)

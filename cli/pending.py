@@ -9,8 +9,6 @@ import typer
 from xpkit.cli.console import err
 
 PENDING: dict[str, str] = {
-    "select-data": "Choose training data: dedup, filters, diversity, difficulty, budgets. "
-                   "(not built yet)",
     "evaluate": "Does the context help this model? Scorers, A/B, feedback. (not built yet)",
 }
 PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}

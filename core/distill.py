@@ -34,7 +34,7 @@ from xpkit.core.errors import RecordError, StrictModeError, UsageError
 from xpkit.core.library import DEFAULT_THRESHOLD, content_words, evict, grow, merge_shards
 from xpkit.core.quarantine import Quarantine, default_rejects_path
 from xpkit.core.store import RunLog, Store
-from xpkit.core.units import make_unit, normalize_evidence, provenance
+from xpkit.core.units import provenance
 
 GRANULARITIES = ("principle", "instance")
 STEP_CHARS = 300
@@ -164,17 +164,17 @@ def render_episode(episode: dict[str, Any], label: str, budget_tokens: int,
     text = "\n".join(head + numbered)
     if count_tokens(text) <= budget_tokens or len(numbered) < 4:
         return text
-    # Step window: keep the first and the last steps, name the elided range.
-    keep_head, keep_tail = 2, len(numbered) - 2
-    while keep_tail > keep_head + 1:
-        window = numbered[:keep_head] + [
-            f"  [steps {_step_no(numbered[keep_head])}-{_step_no(numbered[keep_tail - 1])} "
-            "elided]"] + numbered[keep_tail:]
-        text = "\n".join(head + window)
+    # Step window: the first two steps, then as many of the last steps as fit; the elided
+    # range is named so the reader (and the model) knows what is missing.
+    first = numbered[:2]
+    for n_tail in range(len(numbered) - 3, 0, -1):
+        tail = numbered[-n_tail:]
+        marker = (f"  [steps {_step_no(numbered[2])}-{_step_no(numbered[-n_tail - 1])} "
+                  "elided]")
+        text = "\n".join([*head, *first, marker, *tail])
         if count_tokens(text) <= budget_tokens:
             return text
-        keep_tail += 1
-    return "\n".join(head + numbered[:keep_head] + ["  [steps elided]"] + numbered[-1:])
+    return text  # even the shortest window is too long: the runtime rejects it, visibly
 
 
 def _step_no(line: str) -> str:
@@ -233,10 +233,10 @@ def available_distillers() -> dict[str, Distiller]:
 
 
 def load_episodes(inputs: Sequence[str], store: Store | None) -> list[dict[str, Any]]:
-    """Episodes from files/stdin (xpkit episode records), else from the store."""
+    """Episodes from files or stdin (xpkit episode records); with no inputs, from the store."""
     from xpkit.core.io import iter_values
 
-    if inputs:
+    if inputs or store is None:
         out = []
         for rec in iter_values(inputs):
             if not isinstance(rec.get("episode_id"), str) or not isinstance(rec.get("steps"),
@@ -245,8 +245,6 @@ def load_episodes(inputs: Sequence[str], store: Store | None) -> list[dict[str, 
                                  "record without episode_id and steps was found.")
             out.append(rec)
         return out
-    if store is None:
-        raise UsageError("No episodes: name episode files, pipe them in, or give --store.")
     return store.episodes()
 
 
@@ -313,7 +311,7 @@ def distill(
                 if sink is not None and out:
                     sink(out)
         if max_units is not None and len(library) > max_units:
-            kept, evicted = evict(list(library.values()), max_units)
+            _, evicted = evict(list(library.values()), max_units)
             summary.evicted = len(evicted)
             for u in evicted:
                 library.pop(u["unit_id"])
@@ -406,7 +404,3 @@ def merge_shard_files(inputs: Sequence[str], *, threshold: float = DEFAULT_THRES
                              "without unit_id was found.")
         units.append(rec)
     return merge_shards(units, threshold=threshold)
-
-
-__all__ = ["Distiller", "DistillOptions", "Job", "distill", "make_unit", "merge_shard_files",
-           "normalize_evidence"]

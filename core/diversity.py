@@ -45,18 +45,16 @@ def tfidf_sketches(texts: Callable[[Any], list[str]], indices: Any, *, dim: int 
     indices = np.asarray(indices, np.int64)
     n = indices.size
     vocab: dict[str, int] = {}
-    doc_ids: list[Any] = []
-    doc_tfs: list[Any] = []
-    doc_lens: list[Any] = []
+    ids: list[int] = []
+    lens = np.zeros(n, np.int64)
+    k = 0
     for lo in range(0, n, chunk):
         for text in texts(indices[lo:lo + chunk]):
-            toks = _WORD.findall(text.lower())
-            ids = np.fromiter((vocab.setdefault(t, len(vocab)) for t in toks), np.int64,
-                              len(toks))
-            uniq, tf = np.unique(ids, return_counts=True)
-            doc_ids.append(uniq)
-            doc_tfs.append(tf)
-            doc_lens.append(uniq.size)
+            setdef = vocab.setdefault
+            row = [setdef(t, len(vocab)) for t in _WORD.findall(text.lower())]
+            ids.extend(row)
+            lens[k] = len(row)
+            k += 1
     out = np.zeros((n, dim), np.float32)
     if not vocab:
         return out
@@ -65,11 +63,18 @@ def tfidf_sketches(texts: Callable[[Any], list[str]], indices: Any, *, dim: int 
     h = (h * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(20)
     bucket = (h % np.uint64(dim)).astype(np.int64)
     sign = np.where((h >> np.uint64(40)) & np.uint64(1), 1.0, -1.0).astype(np.float32)
-    ids_all = np.concatenate(doc_ids) if doc_ids else np.zeros(0, np.int64)
-    tf_all = np.concatenate(doc_tfs) if doc_tfs else np.zeros(0, np.int64)
+    # (document, word) keys sorted once: distinct pairs and their term frequencies.
+    doc = np.repeat(np.arange(n, dtype=np.uint64), lens)
+    keys = np.sort((doc << np.uint64(32)) | np.asarray(ids, np.uint64))
+    first = np.ones(keys.size, bool)
+    first[1:] = keys[1:] != keys[:-1]
+    starts = np.flatnonzero(first)
+    tf_all = np.diff(np.append(starts, keys.size))
+    uk = keys[starts]
+    row = (uk >> np.uint64(32)).astype(np.int64)
+    ids_all = (uk & np.uint64(0xFFFFFFFF)).astype(np.int64)
     df = np.bincount(ids_all, minlength=len(words)).astype(np.float64)
     idf = (np.log((1.0 + n) / (1.0 + df)) + 1.0).astype(np.float32)
-    row = np.repeat(np.arange(n, dtype=np.int64), np.asarray(doc_lens, np.int64))
     w = (1.0 + np.log(tf_all.astype(np.float32))) * idf[ids_all] * sign[ids_all]
     np.add.at(out, (row, bucket[ids_all]), w)
     norms = np.linalg.norm(out, axis=1)
@@ -182,12 +187,18 @@ def k_center_greedy(sk: Sketches, first: int) -> Iterator[tuple[int, float]]:
         mind[j] = -np.inf
 
 
-def facility_location_greedy(sk: Sketches, demand: Any,
-                             tie_break: Any) -> Iterator[tuple[int, float]]:
+FL_MEMORY = 256 << 20  # bytes for the candidate x demand similarity matrix
+
+
+def facility_location_greedy(sk: Sketches, demand: Any, tie_break: Any,
+                             batch: int = 64) -> Iterator[tuple[int, float]]:
     """Lazy greedy maximisation of ``sum_{d in demand} max_{s in S} max(sim(d, s), 0)``.
 
-    Yields ``(index, marginal gain / len(demand))``. Once every gain is zero the remaining
-    records follow in ``tie_break`` order (lower first) with gain 0.
+    Yields ``(index, marginal gain / len(demand))``. The candidate x demand similarities
+    are computed once, in blocks (the demand sample is trimmed so they fit ``FL_MEMORY``);
+    upper bounds (stale gains) sit in a heap, the ``batch`` best are re-evaluated together
+    and the best fresh gain is taken when no stale bound beats it (exact greedy). Once every
+    gain is zero the remaining records follow in ``tie_break`` order with gain 0.
     """
     import heapq
 
@@ -195,34 +206,37 @@ def facility_location_greedy(sk: Sketches, demand: Any,
 
     n = len(sk)
     demand = np.asarray(demand, np.int64)
-    cover = np.zeros(demand.size, np.float32)
-    # Initial gains: every candidate against every demand point, in blocks.
-    gains = np.empty(n, np.float32)
+    keep = max(64, min(demand.size, FL_MEMORY // max(4 * n, 1)))
+    if keep < demand.size:
+        demand = demand[np.linspace(0, demand.size - 1, keep).astype(np.int64)]
+    m = max(demand.size, 1)
+    sim = np.empty((n, demand.size), np.float32)
     for lo in range(0, n, 4096):
         rows = np.arange(lo, min(n, lo + 4096))
-        gains[lo:lo + rows.size] = np.maximum(sk.sim_matrix(rows, demand), 0).sum(axis=1)
+        sim[lo:lo + rows.size] = np.maximum(sk.sim_matrix(rows, demand), 0)
+    cover = np.zeros(demand.size, np.float32)
+    gains = sim.sum(axis=1)
     heap = [(-float(g), int(tie_break[i]), i) for i, g in enumerate(gains)]
     heapq.heapify(heap)
-    scale = 1.0 / max(demand.size, 1)
-    taken = np.zeros(n, bool)
     while heap:
-        neg, tb, i = heapq.heappop(heap)
-        if taken[i]:
-            continue
-        if -neg <= 1e-9:
+        if -heap[0][0] <= 1e-9:
             # Saturated: the rest add nothing measurable; keep a deterministic order.
-            rest = [i] + [j for _, _, j in heap if not taken[j]]
-            for j in sorted(set(rest), key=lambda r: int(tie_break[r])):
+            for _, _, j in sorted(heap, key=lambda t: t[1]):
                 yield j, 0.0
             return
-        s = np.maximum(sk.sim_to(i, demand), 0)
-        gain = float(np.maximum(s - cover, 0).sum())
-        if heap and gain < -heap[0][0] - 1e-9:
-            heapq.heappush(heap, (-gain, tb, i))
-            continue
-        taken[i] = True
-        np.maximum(cover, s, out=cover)
-        yield i, gain * scale
+        top = [heapq.heappop(heap) for _ in range(min(batch, len(heap)))]
+        rows = np.asarray([t[2] for t in top], np.int64)
+        fresh = np.maximum(sim[rows] - cover[None, :], 0).sum(axis=1)
+        best = int(np.lexsort(([t[1] for t in top], -fresh))[0])
+        bound = -heap[0][0] if heap else -1.0
+        take = fresh[best] >= bound - 1e-9
+        for k, t in enumerate(top):
+            if k != best or not take:
+                heapq.heappush(heap, (-float(fresh[k]), t[1], t[2]))
+        if not take:
+            continue  # a stale bound may still beat it: evaluate the next batch
+        np.maximum(cover, sim[rows[best]], out=cover)
+        yield int(rows[best]), float(fresh[best]) / m
 
 
 def first_by(values: Sequence[float] | Any) -> int:

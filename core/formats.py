@@ -12,7 +12,8 @@ error names the close candidates and the flag to pass.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, ClassVar
 
@@ -109,10 +110,9 @@ def detect(file: str, rows: list[SourceRow], formats: dict[str, InputFormat]) ->
     for fmt in candidates:
         total = 0.0
         for rec in sample:
-            try:
+            # a sniffer that chokes on a record simply does not fit it
+            with contextlib.suppress(Exception):
                 total += float(fmt.sniff(rec))
-            except Exception:
-                pass  # a sniffer that chokes on a record simply does not fit it
         ranking.append((fmt.name, total / len(sample)))
     ranking.sort(key=lambda t: (-t[1], t[0]))
     best, score = ranking[0]
@@ -142,5 +142,3 @@ def parse_mapping(items: list[str]) -> dict[str, str]:
         mapping[key] = path
     return mapping
 
-
-Sniffer = Callable[[dict[str, Any]], float]

@@ -495,6 +495,25 @@ def _merged_stats(old: dict[str, Any] | None, new: dict[str, Any] | None) -> dic
     return out
 
 
+_WORDING = ("kind", "title", "when", "content", "example", "polarity")
+
+
+def _merge_copy(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Two copies of a unit: same wording -> evidence and tags unioned, counters kept (max);
+    other wording -> the newer copy replaces the older."""
+    if any(old.get(k) != new.get(k) for k in _WORDING):
+        return new
+    ev = {orjson.dumps(e, option=orjson.OPT_SORT_KEYS): e
+          for e in (old.get("evidence") or []) + (new.get("evidence") or [])}
+    merged = dict(new)
+    merged["evidence"] = [ev[k] for k in sorted(ev)]
+    merged["tags"] = sorted(set(old.get("tags") or []) | set(new.get("tags") or []))
+    merged["stats"] = _merged_stats(old.get("stats"), new.get("stats"))
+    merged["provenance"] = old.get("provenance") or new.get("provenance")
+    merged["meta"] = {**(old.get("meta") or {}), **(new.get("meta") or {})} or None
+    return merged
+
+
 _UNIT_COLUMNS = ("unit_id", "kind", "title", "when", "content", "example", "polarity",
                  "evidence", "tags", "stats", "provenance", "meta", "created_at", "updated_at")
 _JSON_COLUMNS = ("evidence", "tags", "stats", "provenance", "meta")
@@ -509,8 +528,9 @@ def upsert_units(con: Any, units: list[dict[str, Any]]) -> tuple[int, int, int]:
     from xpkit.core.store import now
 
     by_id: dict[str, dict[str, Any]] = {}
-    for u in units:  # the last copy of an id within a batch wins
-        by_id[u["unit_id"]] = u
+    for u in units:  # copies of one id in a batch: merged like a copy already in the store
+        prev = by_id.get(u["unit_id"])
+        by_id[u["unit_id"]] = u if prev is None else _merge_copy(prev, u)
     ids = list(by_id)
     existing = {r[0]: r for r in con.execute(
         f"SELECT {', '.join(chr(34) + c + chr(34) for c in _UNIT_COLUMNS)} FROM units "
@@ -527,16 +547,9 @@ def upsert_units(con: Any, units: list[dict[str, Any]]) -> tuple[int, int, int]:
             o = dict(zip(_UNIT_COLUMNS, old, strict=True))
             for k in _JSON_COLUMNS:
                 o[k] = orjson.loads(o[k]) if o[k] else None
-            wording = ("kind", "title", "when", "content", "example", "polarity")
             row["created_at"] = o["created_at"]
-            if all(o[k] == u.get(k) for k in wording):
-                ev = {orjson.dumps(e, option=orjson.OPT_SORT_KEYS): e
-                      for e in (o["evidence"] or []) + (u["evidence"] or [])}
-                row["evidence"] = [ev[k] for k in sorted(ev)]
-                row["tags"] = sorted(set(o["tags"] or []) | set(u["tags"] or []))
-                row["stats"] = _merged_stats(o["stats"], u["stats"])
-                row["provenance"] = o["provenance"] or u["provenance"]
-                row["meta"] = {**(o["meta"] or {}), **(u["meta"] or {})} or None
+            if all(o[k] == u.get(k) for k in _WORDING):
+                row = {**_merge_copy(o, u), "created_at": o["created_at"], "updated_at": ts}
                 if all(o[k] == row[k] for k in _JSON_COLUMNS):
                     same += 1
                     continue

@@ -20,19 +20,20 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from xpkit.core.units import merge_stats, normalize_evidence
 
 DEFAULT_THRESHOLD = 0.6
-DEFAULT_EMBED_THRESHOLD = 0.92
 _WORD = re.compile(r"[a-z0-9]+")
-_STOP = frozenset("""a an and are as at be by for from has have if in into is it its of on or
-that the their then this to was were will with when you your should before after do not""".split())
+_STOP = frozenset((
+    "a", "an", "and", "are", "as", "at", "be", "by", "for", "from", "has", "have", "if", "in",
+    "into", "is", "it", "its", "of", "on", "or", "that", "the", "their", "then", "this", "to",
+    "was", "were", "will", "with", "when", "you", "your", "should", "before", "after", "do",
+    "not"))
 
-Vectorizer = Callable[[Sequence[str]], Any]
 
 
 def unit_text(unit: dict[str, Any]) -> str:

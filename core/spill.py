@@ -8,6 +8,7 @@ to a ``BlobSpill``, a temporary file read back by memory map, either in order or
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import tempfile
@@ -70,10 +71,8 @@ class BlobSpill:
             self._mm = None
         if not self._f.closed:
             self._f.close()
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
-        except FileNotFoundError:
-            pass
 
 
 class ArraySpill:
@@ -111,7 +110,5 @@ class ArraySpill:
         self._array = None
         if not self._f.closed:
             self._f.close()
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
-        except FileNotFoundError:
-            pass

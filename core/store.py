@@ -190,9 +190,8 @@ class Store:
         except duckdb.IOException as exc:
             msg = str(exc)
             if "lock" in msg.lower():
-                holder = ""
-                if "PID" in msg:
-                    holder = " (held by PID " + msg.split("PID", 1)[1].strip().split()[0].rstrip(")") + ")"
+                pid = msg.split("PID", 1)[1].strip().split()[0].rstrip(")") if "PID" in msg else ""
+                holder = f" (held by PID {pid})" if pid else ""
                 raise StoreLockedError(f"Store {path} is locked by another process{holder}; "
                                        "wait for it to finish or use another --store.") from exc
             raise StoreError(f"Store {path} cannot be opened: {msg}") from exc

@@ -108,8 +108,8 @@ def test_structured_output_is_schema_valid(server):
 
 def test_concurrent_requests(server):
     llm = get_llm(server.url + "#any-name", concurrency=3, no_cache=True)
-    out = llm.run(_requests(4, max_tokens=24))
-    assert len(out) == 4 and llm.stats.max_in_flight == 3
+    out = llm.run(_requests(3, max_tokens=16))
+    assert len(out) == 3 and llm.stats.max_in_flight == 3
     for c in out:
         assert c.ok or "cut off" in c.rejection.reason
         if c.ok:

@@ -1,0 +1,1 @@
+"""Built-in ``select-data`` selectors: methods and scores, registered like outside plugins."""
