@@ -23,9 +23,17 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	rm -rf $(DEMO) && mkdir -p $(DEMO)
+	# 1. raw logs -> episodes (formats detected), into the store and as Parquet
 	$(BIN)/xpkit ingest examples/data/*.jsonl --store $(DEMO)/lib.duckdb
 	$(BIN)/xpkit ingest examples/data/*.jsonl -o $(DEMO)/episodes.parquet
-	$(BIN)/python -c "import duckdb; print(duckdb.connect('$(DEMO)/lib.duckdb', read_only=True).sql('SELECT source_format, count(*) AS episodes, count_if(success) AS successes FROM episodes GROUP BY 1 ORDER BY 1'))"
+	# 2. episodes -> units: exemplars (no model), then insights from the bundled model
+	$(BIN)/xpkit distill --store $(DEMO)/lib.duckdb --method exemplar
+	$(BIN)/xpkit ingest examples/data/gsm8k_model_solutions_sample.jsonl -o $(DEMO)/gsm8k.jsonl
+	head -n 8 $(DEMO)/gsm8k.jsonl | $(BIN)/xpkit distill --method insight --store $(DEMO)/lib.duckdb
+	# 3. units -> search index; 4. tasks -> tasks with packed context
+	$(BIN)/xpkit index --store $(DEMO)/lib.duckdb < /dev/null
+	$(BIN)/xpkit retrieve --store $(DEMO)/lib.duckdb --budget-tokens 1500 < examples/queries.jsonl > $(DEMO)/retrieved.jsonl
+	$(BIN)/python -c "import duckdb; print(duckdb.sql(\"SELECT left(task, 60) AS task, len(hits) AS hits, context_tokens FROM read_json('$(DEMO)/retrieved.jsonl')\"))"
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -12,20 +12,27 @@ process tree, sampled every 20 ms (so worker processes count too).
 
 from __future__ import annotations
 
-import argparse
-import gzip
 import os
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
-import threading
-import time
-from dataclasses import dataclass
-from pathlib import Path
 
-import orjson
+# Run as a script, bench/ comes first on sys.path, and its other benchmarks would shadow
+# stdlib modules of the same name (bench/select.py breaks subprocess).
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(
+    os.path.abspath(__file__))]
+
+import argparse  # noqa: E402
+import gzip  # noqa: E402
+import shlex  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import orjson  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"
@@ -165,7 +172,7 @@ def _parquet_rows(path: Path) -> int:
 
 
 PY = sys.executable
-XPKIT = str(Path(PY).with_name("xpkit"))
+XPKIT = [str(Path(PY).with_name("xpkit"))]  # --xpkit replaces it (e.g. to compare versions)
 # The floor: DuckDB's own JSON reader and Parquet writer, all in C++ on every core.
 DUCKDB_SCRIPT = """
 import sys, duckdb
@@ -181,7 +188,7 @@ pd.read_json(sys.argv[1], lines=True).to_parquet(sys.argv[2])
 def bench_xpkit_parquet(big: Path, work: Path, size: int, records: int) -> Result:
     out = work / "xpkit.parquet"
     log = work / "xpkit-parquet.log"
-    run = run_measured([XPKIT, "ingest", str(big), "-o", str(out)], log)
+    run = run_measured([*XPKIT, "ingest", str(big), "-o", str(out)], log)
     _check("xpkit ingest -o", run.code, log)
     rows = _parquet_rows(out)
     note = "" if rows == records else f"wrote {rows} of {records} records"
@@ -194,7 +201,7 @@ def bench_xpkit_store(big: Path, work: Path, size: int, records: int) -> Result:
 
     db = work / "store.duckdb"
     log = work / "xpkit-store.log"
-    run = run_measured([XPKIT, "ingest", str(big), "--store", str(db)], log)
+    run = run_measured([*XPKIT, "ingest", str(big), "--store", str(db)], log)
     _check("xpkit ingest --store", run.code, log)
     with duckdb.connect(str(db), read_only=True) as con:
         rows = con.execute("SELECT count(*) FROM episodes").fetchone()[0]  # type: ignore[index]
@@ -263,7 +270,13 @@ def main() -> None:
     ap.add_argument("--pandas-mb", type=int,
                     help="run pandas on the first N MiB only (default: the whole input, "
                          f"falling back to a quarter when it passes {PANDAS_RSS_LIMIT >> 30} GiB)")
+    ap.add_argument("--xpkit", help="the command that runs xpkit (default: the venv's xpkit), "
+                    "e.g. 'env PYTHONPATH=/tmp/old python -m xpkit.cli.main' for another version")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run each contender N times and keep the fastest (pandas runs once)")
     args = ap.parse_args()
+    if args.xpkit:
+        XPKIT[:] = shlex.split(args.xpkit)
     only = [c.strip() for c in args.only.split(",") if c.strip()]
     unknown = set(only) - set(CONTENDERS)
     if unknown:
@@ -281,7 +294,9 @@ def main() -> None:
         size = big.stat().st_size
         print(f"input: {big} {size / MB:,.0f} MB, {records:,} records "
               f"(FireAct chat records with unique ids; built in "
-              f"{time.perf_counter() - t0:.1f}s); {os.cpu_count()} cores", flush=True)
+              f"{time.perf_counter() - t0:.1f}s); {os.cpu_count()} cores, load average "
+              f"{os.getloadavg()[0]:.1f} (other work on the machine slows every contender)",
+              flush=True)
         runners = {
             "xpkit-parquet": lambda: bench_xpkit_parquet(big, work, size, records),
             "xpkit-store": lambda: bench_xpkit_store(big, work, size, records),
@@ -290,8 +305,11 @@ def main() -> None:
         }
         results = []
         for name in only:
-            print(f"  running {name} ...", file=sys.stderr, flush=True)
-            results.append(runners[name]())
+            runs = []
+            for i in range(1 if name == "pandas" else args.repeat):
+                print(f"  running {name} ({i + 1}) ...", file=sys.stderr, flush=True)
+                runs.append(runners[name]())
+            results.append(min(runs, key=lambda r: r.seconds))
         report(results)
     finally:
         if args.keep:

@@ -16,7 +16,10 @@ greedy (temperature 0), on the bundled SmolLM2-135M-Instruct:
 
 Rates: generated tokens/s (completion tokens / wall time) and items/s. Both paths load the
 model with the same parameters (threads, context, OpenMP passive waiting, the CPU buffer
-rule of ``xpkit.plugins.backends.llama_cpp``) so only the calling path differs.
+rule of ``xpkit.plugins.backends.llama_cpp``) so only the calling path differs. The two
+paths run interleaved in blocks of ``--block`` prompts (plain, xpkit, plain, ...), each
+with its own loaded model, and the prefix test alternates kept/reset per prompt, so a
+change in background load on a shared machine hits both sides alike.
 
     python bench/llm.py              # 200 prompts (takes a while on 2 cores)
     python bench/llm.py --n 40       # fewer prompts
@@ -93,55 +96,69 @@ def model_path() -> str:
     return resolve_model("default").location
 
 
-def run_plain(texts: list[str], system: str, max_tokens: int, threads: int, ctx: int) -> dict:
-    import llama_cpp
+class Plain:
+    """The loop a user would write: one ``Llama``, ``create_chat_completion`` per prompt."""
 
-    from xpkit.core.config import load_settings
-    from xpkit.plugins.backends.llama_cpp import load_params, use_extra_buffers
+    def __init__(self, threads: int, ctx: int) -> None:
+        import llama_cpp
 
-    with load_params(use_extra_buffers(load_settings().cpu_extra_buffers)):
-        llm = llama_cpp.Llama(model_path=model_path(), n_ctx=ctx, n_threads=threads,
-                              n_threads_batch=threads, verbose=False)
-    fmt = {"type": "json_object", "schema": SCHEMA}
-    outs, ptok, ctok = [], 0, 0
-    t0 = time.perf_counter()
-    for text in texts:
-        r = llm.create_chat_completion(
-            [{"role": "system", "content": system}, {"role": "user", "content": text}],
-            response_format=fmt, max_tokens=max_tokens, temperature=0)
-        outs.append(r["choices"][0]["message"]["content"])
-        ptok += r["usage"]["prompt_tokens"]
-        ctok += r["usage"]["completion_tokens"]
-    wall = time.perf_counter() - t0
-    llm.close()
-    return {"wall": wall, "prompt_tokens": ptok, "completion_tokens": ctok, "outputs": outs}
+        from xpkit.core.config import load_settings
+        from xpkit.plugins.backends.llama_cpp import load_params, use_extra_buffers
+
+        with load_params(use_extra_buffers(load_settings().cpu_extra_buffers)):
+            self.llm = llama_cpp.Llama(model_path=model_path(), n_ctx=ctx, n_threads=threads,
+                                       n_threads_batch=threads, verbose=False)
+        self.wall = 0.0
+        self.completion_tokens = 0
+        self.outputs: list[str] = []
+
+    def run(self, texts: list[str], system: str, max_tokens: int) -> None:
+        fmt = {"type": "json_object", "schema": SCHEMA}
+        t0 = time.perf_counter()
+        for text in texts:
+            r = self.llm.create_chat_completion(
+                [{"role": "system", "content": system}, {"role": "user", "content": text}],
+                response_format=fmt, max_tokens=max_tokens, temperature=0)
+            self.outputs.append(r["choices"][0]["message"]["content"])
+            self.completion_tokens += r["usage"]["completion_tokens"]
+        self.wall += time.perf_counter() - t0
 
 
-def run_xpkit(texts: list[str], system: str, max_tokens: int, threads: int, ctx: int,
-              reset: bool = False, no_cache: bool = False) -> dict:
-    from xpkit.core.llm import Request, get_llm
+class Xpkit:
+    """xpkit's path: ``LLM.run`` on the same requests (``retries=0``: one call per prompt)."""
 
-    llm = get_llm(threads=threads, ctx=ctx, retries=0, no_cache=no_cache)
-    reqs = [Request(t, system=system, schema=SCHEMA, max_tokens=max_tokens) for t in texts]
-    if reset:  # the control: forget the KV state before every call
-        handle = llm.handle
-        original = handle.complete
+    def __init__(self, threads: int, ctx: int, no_cache: bool = False) -> None:
+        from xpkit.core.llm import get_llm
 
-        def complete(*args, **kwargs):
-            handle.llm.reset()
-            return original(*args, **kwargs)
+        self.llm = get_llm(threads=threads, ctx=ctx, retries=0, no_cache=no_cache)
+        self.wall = 0.0
+        self.completions: list = []
 
-        handle.complete = complete
-    t0 = time.perf_counter()
-    out = llm.run(reqs)
-    wall = time.perf_counter() - t0
-    if reset:
-        del handle.complete
-    return {"wall": wall, "completion_tokens": sum(c.completion_tokens for c in out),
-            "prompt_tokens": sum(c.prompt_tokens for c in out),
-            "reused_tokens": llm.stats.reused_tokens, "model_calls": llm.stats.model_calls,
-            "valid": sum(c.ok for c in out), "outputs": [c.text for c in out],
-            "cached": sum(c.cached for c in out)}
+    def run(self, texts: list[str], system: str, max_tokens: int, reset: bool = False) -> None:
+        from xpkit.core.llm import Request
+
+        reqs = [Request(t, system=system, schema=SCHEMA, max_tokens=max_tokens)
+                for t in texts]
+        handle = self.llm.handle
+        if reset:  # the control: forget the KV state before the call
+            original = handle.complete
+
+            def complete(*args, **kwargs):
+                handle.llm.reset()
+                return original(*args, **kwargs)
+
+            handle.complete = complete
+        t0 = time.perf_counter()
+        try:
+            self.completions += self.llm.run(reqs)
+        finally:
+            self.wall += time.perf_counter() - t0
+            if reset:
+                del handle.complete
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(c.completion_tokens for c in self.completions if not c.cached)
 
 
 def run_embed(n: int, threads: int) -> dict:
@@ -162,8 +179,10 @@ def run_embed(n: int, threads: int) -> dict:
 
 def cached_phase(args: argparse.Namespace) -> None:
     """Child process: the fully cached rerun, timed from interpreter start to the end."""
-    res = run_xpkit(prompts(args.n), system_prompt(), args.max_tokens, args.threads, args.ctx)
-    print(orjson.dumps({"model_calls": res["model_calls"], "cached": res["cached"]}).decode())
+    x = Xpkit(args.threads, args.ctx)
+    x.run(prompts(args.n), system_prompt(), args.max_tokens)
+    print(orjson.dumps({"model_calls": x.llm.stats.model_calls,
+                        "cached": sum(c.cached for c in x.completions)}).decode())
 
 
 def main() -> None:
@@ -172,6 +191,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--ctx", type=int, default=2048)
+    ap.add_argument("--block", type=int, default=10, help="prompts per interleaved block")
     ap.add_argument("--prefix-n", type=int, default=8, help="prompts for the prefix test")
     ap.add_argument("--embed-n", type=int, default=64)
     ap.add_argument("--phase", default="all", help=argparse.SUPPRESS)
@@ -189,31 +209,38 @@ def main() -> None:
           f"{count_model_tokens([{'role': 'system', 'content': system}], ctx=args.ctx)} "
           f"tokens; load average {os.getloadavg()[0]:.1f}", flush=True)
 
-    plain = run_plain(texts, system, args.max_tokens, args.threads, args.ctx)
-    rate = plain["completion_tokens"] / plain["wall"]
-    print(f"plain llama-cpp-python loop: {plain['wall']:.1f} s, {args.n / plain['wall']:.2f} "
+    plain, ours = Plain(args.threads, args.ctx), Xpkit(args.threads, args.ctx)
+    ours.llm.handle  # noqa: B018 - both models loaded before the clock starts
+    for i in range(0, args.n, args.block):
+        plain.run(texts[i:i + args.block], system, args.max_tokens)
+        ours.run(texts[i:i + args.block], system, args.max_tokens)
+    rate = plain.completion_tokens / plain.wall
+    xrate = ours.completion_tokens / ours.wall
+    same = sum(a == c.text for a, c in zip(plain.outputs, ours.completions, strict=True))
+    valid = sum(c.ok for c in ours.completions)
+    st = ours.llm.stats
+    print(f"plain llama-cpp-python loop: {plain.wall:.1f} s, {args.n / plain.wall:.2f} "
           f"items/s, {rate:.1f} generated tok/s", flush=True)
-
-    ours = run_xpkit(texts, system, args.max_tokens, args.threads, args.ctx)
-    xrate = ours["completion_tokens"] / ours["wall"]
-    same = sum(a == b for a, b in zip(plain["outputs"], ours["outputs"], strict=True))
-    print(f"xpkit run():                 {ours['wall']:.1f} s, {args.n / ours['wall']:.2f} "
+    print(f"xpkit run():                 {ours.wall:.1f} s, {args.n / ours.wall:.2f} "
           f"items/s, {xrate:.1f} generated tok/s -> {xrate / rate:.2f}x plain; "
-          f"{ours['valid']}/{args.n} schema-valid (retries=0: invalid = cut off); "
-          f"{same}/{args.n} outputs identical to plain; "
-          f"{ours['reused_tokens']:,} of {ours['prompt_tokens']:,} prompt tokens reused "
-          "from the KV cache", flush=True)
+          f"{valid}/{args.n} schema-valid (retries=0: invalid = cut off); "
+          f"{same}/{args.n} outputs identical to plain; {st.reused_tokens:,} of "
+          f"{st.prompt_tokens:,} prompt tokens reused from the KV cache", flush=True)
+    del plain
 
     k = min(args.prefix_n, args.n)
-    kept = run_xpkit(texts[:k], system, args.max_tokens, args.threads, args.ctx,
-                     no_cache=True)
-    reset = run_xpkit(texts[:k], system, args.max_tokens, args.threads, args.ctx,
-                      reset=True, no_cache=True)
-    print(f"prefix reuse ({k} prompts):    kept {kept['wall'] / k:.2f} s/call vs reset "
-          f"{reset['wall'] / k:.2f} s/call -> {reset['wall'] / kept['wall']:.2f}x; outputs "
-          f"identical: {kept['outputs'] == reset['outputs']}", flush=True)
+    probe = Xpkit(args.threads, args.ctx, no_cache=True)
+    kept, reset = Xpkit(args.threads, args.ctx, no_cache=True), probe
+    for text in texts[:k]:  # alternate on one loaded model: kept, reset, kept, ...
+        kept.run([text], system, args.max_tokens)
+        reset.run([text], system, args.max_tokens, reset=True)
+    same_prefix = [c.text for c in kept.completions] == [c.text for c in reset.completions]
+    print(f"prefix reuse ({k} prompts):    kept {kept.wall / k:.2f} s/call vs reset "
+          f"{reset.wall / k:.2f} s/call -> {reset.wall / kept.wall:.2f}x; outputs "
+          f"identical: {same_prefix}", flush=True)
 
-    warm = run_xpkit(texts, system, args.max_tokens, args.threads, args.ctx)
+    warm = Xpkit(args.threads, args.ctx)
+    warm.run(texts, system, args.max_tokens)
     t0 = time.perf_counter()
     child = subprocess.run([sys.executable, __file__, "--phase", "cached", "--n", str(args.n),
                             "--max-tokens", str(args.max_tokens), "--threads",
@@ -221,16 +248,17 @@ def main() -> None:
                            capture_output=True, env={**os.environ, "XPKIT_HOME": home})
     proc_wall = time.perf_counter() - t0
     info = orjson.loads(child.stdout.splitlines()[-1]) if child.returncode == 0 else {}
-    print(f"cached rerun:                in-process {warm['wall'] * 1000:.1f} ms "
-          f"({ours['wall'] / warm['wall']:,.0f}x faster, {warm['model_calls']} model calls); "
+    print(f"cached rerun:                in-process {warm.wall * 1000:.1f} ms "
+          f"({ours.wall / warm.wall:,.0f}x faster, {warm.llm.stats.model_calls} model calls); "
           f"new process {proc_wall:.2f} s incl. interpreter start "
-          f"({ours['wall'] / proc_wall:,.0f}x faster, {info.get('model_calls')} model calls)",
+          f"({ours.wall / proc_wall:,.0f}x faster, {info.get('model_calls')} model calls)",
           flush=True)
 
     emb = run_embed(args.embed_n, args.threads)
     print(f"embeddings:                  {emb['n'] / emb['wall']:.1f} texts/s uncached "
           f"({emb['n']} texts, mean pooling); cached {emb['n'] / emb['cached_wall']:,.0f} "
           "texts/s", flush=True)
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ tau-bench turns are left out: they are thousands of templated lines, almost all 
 duplicates of each other, which the cleaning below would remove anyway.)
 
 Ground truth. A pair of records is a *near duplicate* when one becomes the other by a few
-word edits: word-level Levenshtein distance <= max(2, 10% of the longer text). The base
+word edits: Levenshtein distance over word tokens (runs of letters and digits, case-folded)
+<= max(2, 10% of the longer text). The base
 corpus is cleaned of its own near duplicates by that definition (candidates from a
 generous MinHash net at character-trigram Jaccard >= 0.5, then the exact edit check), and
 ~10% planted copies are added, each a base record with one small edit: a dropped word or
@@ -138,8 +139,13 @@ def extract_texts(data: Path) -> list[str]:
     return texts
 
 
+_WORD = re.compile(r"\w+")
+
+
 def _words(text: str) -> list[str]:
-    return text.casefold().split()
+    """Word tokens for the ground truth: case-folded runs of letters and digits (spacing
+    and punctuation are not words: "27 + 5 =" and "27+5=" are the same three tokens)."""
+    return _WORD.findall(text.casefold())
 
 
 def within_edits(a: list[str], b: list[str]) -> bool:
@@ -373,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path)
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if not args.data.is_dir():
         sys.exit(f"bench: {args.data} is absent (the shared datasets).")
@@ -382,9 +389,21 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
+    if args.build_only:
+        _, family, _ = build_corpus(workdir, args.data, args.records, args.plant, args.seed,
+                                    log)
+        (workdir / "family.json").write_text(json.dumps(family))
+        return 0
     try:
-        corpus, family, texts = build_corpus(workdir, args.data, args.records, args.plant,
-                                             args.seed, log)
+        # The corpus is built in its own process: the contenders are then started from a
+        # small parent (a child's peak RSS counts what it inherits before exec).
+        subprocess.run([sys.executable, __file__, "--build-only", "--records",
+                        str(args.records), "--plant", str(args.plant), "--seed", str(args.seed),
+                        "--data", str(args.data), "--workdir", str(workdir)], check=True)
+        corpus = workdir / "corpus.jsonl"
+        family = json.loads((workdir / "family.json").read_text())
+        with open(corpus, "rb") as f:
+            texts = [orjson.loads(line)["text"] for line in f]
         results = []
         for runner in (run_xpkit, run_datasketch):
             run = runner(corpus, workdir)

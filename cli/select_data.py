@@ -30,13 +30,23 @@ def select_data(
         "--dedup", help="none, exact (normalised text hash) or near (exact, then MinHash "
                         "LSH candidates verified by true Jaccard similarity).")] = "exact",
     near_dup_threshold: Annotated[float, typer.Option(
-        "--near-dup-threshold", help="Jaccard similarity of character shingles at which two "
-                                     "records are near duplicates (0.7 catches a dropped word "
-                                     "or two swapped words in a 10-word text).")] = 0.7,
+        "--near-dup-threshold", help="Jaccard similarity of the shingle sets (character "
+                                     "n-grams and words) at which two records are near "
+                                     "duplicates; 0.77 keeps a dropped word or two swapped "
+                                     "words of a nine-word sentence.")] = 0.77,
+    near_dup_diff: Annotated[int, typer.Option(
+        "--near-dup-diff", help="Also near duplicates: shingle sets that differ by at most N "
+                                "shingles (about one dropped or two swapped words, whatever "
+                                "the length) and still overlap 60%; this keeps short texts. "
+                                "0 turns it off.")] = 14,
     shingle: Annotated[int, typer.Option(
         "--shingle", help="Shingle size in characters for --dedup near.")] = 3,
     num_perm: Annotated[int, typer.Option(
         "--num-perm", help="MinHash permutations for --dedup near.")] = 128,
+    numbers_must_match: Annotated[bool, typer.Option(
+        "--numbers-must-match/--numbers-may-differ",
+        help="Near duplicates must contain the same numbers (\"released in 2011\" and "
+             "\"released in 2014\" stay apart).")] = True,
     filter: Annotated[list[str] | None, typer.Option(
         "--filter", help="Drop records with an empty response (empty) or a degenerate one: "
                          "no letter or digit, a repetition loop, the prompt echoed "
@@ -135,9 +145,11 @@ def select_data(
         with progress("select-data") as advance:
             summary = core_select(
                 inputs or [], format=format, mapping=mapping, text=text, dedup=dedup,
-                near_dup_threshold=near_dup_threshold, shingle=shingle, num_perm=num_perm,
-                filters=filter or [], min_tokens=min_tokens, max_tokens=max_tokens,
-                where=where, method=method, score=score, params=params, features=features,
+                near_dup_threshold=near_dup_threshold, near_dup_diff=near_dup_diff,
+                shingle=shingle, num_perm=num_perm,
+                numbers_must_match=numbers_must_match, filters=filter or [],
+                min_tokens=min_tokens, max_tokens=max_tokens, where=where, method=method,
+                score=score, params=params, features=features,
                 clusters=clusters, budget=budget, budget_tokens=budget_tokens,
                 stratify=stratify, per_task=per_task, task_field=task_field, seed=seed,
                 order=order, export=export, pairs_per_task=pairs_per_task, store=store,

@@ -106,6 +106,16 @@ class Distiller:
             raise RecordError("cites no episode", "evidence")
         return out
 
+    @staticmethod
+    def sentence(value: str, field: str, min_chars: int = 12) -> str:
+        """Model text with whitespace folded; degenerate text (too short to say anything)
+        rejects the output instead of being stored. Checked here rather than in the schema:
+        a minimum length in the grammar makes constrained decoding far slower."""
+        text = " ".join(value.split())
+        if len(text) < min_chars:
+            raise RecordError(f"too short to be useful: {text!r}", field)
+        return text
+
     def provenance(self, job: Job, model: str | None) -> dict[str, Any]:
         return provenance(self.name, model if self.needs_model else None, job.prompt or None)
 

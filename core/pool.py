@@ -154,33 +154,6 @@ class PoolOptions:
     degenerate: bool = False  # check responses for --filter degenerate
 
 
-class _Grow:
-    """A growable column of values (appended per item, turned into one numpy array)."""
-
-    def __init__(self, dtype: str) -> None:
-        self.dtype = dtype
-        self.parts: list[Any] = []
-        self.cur: list[Any] = []
-
-    def append(self, v: Any) -> None:
-        self.cur.append(v)
-        if len(self.cur) >= 65536:
-            self._flush()
-
-    def _flush(self) -> None:
-        import numpy as np
-
-        if self.cur:
-            self.parts.append(np.asarray(self.cur, dtype=self.dtype))
-            self.cur = []
-
-    def array(self) -> Any:
-        import numpy as np
-
-        self._flush()
-        return np.concatenate(self.parts) if self.parts else np.zeros(0, self.dtype)
-
-
 @dataclass
 class Pool:
     """The pool after pass 1. Arrays are indexed by item number (input order)."""
@@ -227,11 +200,11 @@ class Pool:
             from xpkit.core.minhash import MinHasher
 
             self._hasher = MinHasher(o.signatures.num_perm, o.signatures.seed)
-        self._cols = {name: _Grow(dt) for name, dt in (
-            ("ids", "S27"), ("file_idx", "int32"), ("line", "int64"), ("text_hash", "uint64"),
-            ("success", "float64"), ("reward", "float64"), ("task", "int64"),
-            ("stratum", "int32"), ("chars", "int64"), ("response_chars", "int64"),
-            ("tokens", "int64"), ("empty", "bool"))}
+        self._dtypes = {"ids": "S27", "file_idx": "int32", "line": "int64",
+                        "text_hash": "uint64", "success": "float64", "reward": "float64",
+                        "task": "int64", "stratum": "int32", "chars": "int64",
+                        "response_chars": "int64", "tokens": "int64", "empty": "bool"}
+        self._cols: dict[str, list[Any]] = {name: [] for name in self._dtypes}
         self._units: dict[str, int] = {}
 
     # ------------------------------------------------------------------ pass 1
@@ -239,74 +212,102 @@ class Pool:
     def add_batch(self, items: list[tuple[dict[str, Any], dict[str, Any] | None, SourceRow,
                                           str, bool]]) -> None:
         """Add parsed items: (episode, input record, row, format name, record gave several)."""
+        import numpy as np
+
         from xpkit.core.dedup import text_hash
 
         o = self.options
-        cols = self._cols
+        m = len(items)
+        if not m:
+            return
+        n0 = self.size
+        self.size += m
+        ids: list[bytes] = []
+        file_idx: list[int] = []
+        lines: list[int] = []
+        hashes: list[int] = []
+        chars: list[int] = []
+        success: list[float] = []
+        reward: list[float] = []
+        tasks: list[int] = []
+        strata: list[int] = []
+        resp_chars: list[int] = []
+        empty: list[bool] = []
         texts: list[str] = []
         payloads: list[bytes] = []
         token_texts: list[list[str]] = []
         where_rows: list[dict[str, Any]] = []
-        for ep, rec, row, fmt, multi in items:
-            n = self.size
-            self.size += 1
-            if row.file not in self._units:
-                self._units[row.file] = len(self.sources)
+        nan = float("nan")
+        units = self._units
+        task_codes = self.tasks
+        strata_codes = self.strata
+        dumps = orjson.dumps
+        for k, (ep, rec, row, fmt, multi) in enumerate(items):
+            fi = units.get(row.file)
+            if fi is None:
+                fi = units[row.file] = len(self.sources)
                 self.sources.append(row.file)
                 self.unit.append(row.unit)
-            cols["file_idx"].append(self._units[row.file])
-            cols["line"].append(row.line)
-            cols["ids"].append(ep["episode_id"].encode())
+            file_idx.append(fi)
+            lines.append(row.line)
+            ids.append(ep["episode_id"].encode())
             text = normalize(item_text(ep, rec, o.text))
             texts.append(text)
-            cols["text_hash"].append(text_hash(text))
-            cols["chars"].append(len(text))
+            hashes.append(text_hash(text))
+            chars.append(len(text))
             out = ep.get("outcome") or {}
-            s = out.get("success")
-            cols["success"].append(float("nan") if s is None else float(bool(s)))
-            r = out.get("reward")
-            cols["reward"].append(float("nan") if r is None else float(r))
+            sv, rv = out.get("success"), out.get("reward")
+            success.append(nan if sv is None else float(bool(sv)))
+            reward.append(nan if rv is None else float(rv))
             tkey = as_key(field_value(ep, rec, o.task_field)) if o.task_field else (
                 prompt_text(ep) or ep["episode_id"])
             if tkey is None:
                 tkey = ep["episode_id"]
             th = hashlib.blake2b(tkey.encode("utf-8", "surrogatepass"), digest_size=12).digest()
-            cols["task"].append(self.tasks.setdefault(th, len(self.tasks)))
+            code = task_codes.get(th)
+            if code is None:
+                code = task_codes[th] = len(task_codes)
+            tasks.append(code)
             if o.stratify:
                 skey = as_key(field_value(ep, rec, o.stratify))
                 skey = "(missing)" if skey is None else skey
-                cols["stratum"].append(self.strata.setdefault(skey, len(self.strata)))
-            else:
-                cols["stratum"].append(0)
+                strata.append(strata_codes.setdefault(skey, len(strata_codes)))
             resp = response_text(ep)
-            cols["response_chars"].append(len(resp or ""))
-            cols["empty"].append(not (resp or "").strip())
+            resp_chars.append(len(resp or ""))
+            empty.append(not (resp or "").strip())
             if o.degenerate:
                 why = degenerate_reason(resp, prompt_text(ep))
                 if why:
-                    self.degenerate[n] = why
+                    self.degenerate[n0 + k] = why
             messages = None
             if o.payload == "messages" or o.count_tokens:
                 messages = sft_messages(ep, rec, fmt)
             if o.payload == "messages":
-                payloads.append(orjson.dumps(messages))
+                payloads.append(dumps(messages))
             else:
-                payloads.append(orjson.dumps(ep if multi or rec is None else rec))
+                payloads.append(dumps(ep if multi or rec is None else rec))
             if o.count_tokens:
                 token_texts.append(message_text(messages or []))
             if self.wheres is not None:
-                where_rows.append(self._where_row(n, ep, rec, row, fmt, text, resp))
+                where_rows.append(self._where_row(n0 + k, ep, rec, row, fmt, text, resp))
         self.payloads.extend(payloads)
         if self.texts is not None:
             self.texts.extend(t.encode("utf-8", "surrogatepass") for t in texts)
-        totals = self._count(token_texts) if o.count_tokens else [-1] * len(items)
-        for t in totals:
-            cols["tokens"].append(t)
+        totals = self._count(token_texts) if o.count_tokens else [-1] * m
         if self.wheres is not None:
             for view, t in zip(where_rows, totals, strict=True):
                 view["tokens"] = t if t >= 0 else None
-            self.wheres.extend(orjson.dumps(v) for v in where_rows)
-        if self.sig_spill is not None and texts:
+            self.wheres.extend(dumps(v) for v in where_rows)
+        cols = self._cols
+        for name, values, dtype in (
+                ("ids", ids, "S27"), ("file_idx", file_idx, "int32"), ("line", lines, "int64"),
+                ("text_hash", hashes, "uint64"), ("success", success, "float64"),
+                ("reward", reward, "float64"), ("task", tasks, "int64"),
+                ("stratum", strata or [0] * m, "int32"), ("chars", chars, "int64"),
+                ("response_chars", resp_chars, "int64"), ("tokens", totals, "int64"),
+                ("empty", empty, "bool")):
+            cols[name].append(np.asarray(values, dtype=dtype))
+        if self.sig_spill is not None:
             from xpkit.core.minhash import shingle_hashes
 
             values, offsets = shingle_hashes(texts, o.signatures.shingle, distinct=False)
@@ -349,19 +350,11 @@ class Pool:
 
     def finish(self) -> None:
         """Turn the columns into arrays and open the spills for reading."""
-        c = self._cols
-        self.ids = c["ids"].array()
-        self.file_idx = c["file_idx"].array()
-        self.line = c["line"].array()
-        self.text_hash = c["text_hash"].array()
-        self.success = c["success"].array()
-        self.reward = c["reward"].array()
-        self.task = c["task"].array()
-        self.stratum = c["stratum"].array()
-        self.chars = c["chars"].array()
-        self.response_chars = c["response_chars"].array()
-        self.tokens = c["tokens"].array()
-        self.empty = c["empty"].array()
+        import numpy as np
+
+        for name, parts in self._cols.items():
+            setattr(self, name, np.concatenate(parts) if parts
+                    else np.zeros(0, self._dtypes[name]))
         for spill in (self.payloads, self.texts, self.wheres, self.msg_tokens):
             if spill is not None:
                 spill.freeze()

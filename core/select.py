@@ -8,9 +8,9 @@ The stages compose in one fixed order:
    ``--where`` condition in xpkit's filter language (the one ``retrieve`` uses), compiled
    to parameterised SQL and run by DuckDB over the items, never by Python ``eval``;
 3. **dedup**: exact (normalised text hash), then near-duplicates (MinHash LSH over character
-   shingles, candidates verified by true Jaccard similarity, ``xpkit.core.dedup``), keeping
-   the best member of each group (a success over a failure, a higher reward, then the first
-   seen);
+   trigrams and words, candidates verified on their true shingle sets, ``xpkit.core.dedup``),
+   keeping the best member of each group (a success over a failure, a higher reward, then
+   the first seen);
 4. **method**: a registered selector ranks the remaining candidates (random, top by a
    score, k-center, facility location, MoPPS, DRIVE, LEAD ...), within each stratum of
    ``--stratify``;
@@ -400,12 +400,13 @@ def _priority(pool: Any) -> Any:
 @dataclass
 class _Unit:
     members: tuple[int, ...]
-    cost: int
+    cost: int  # what the budget counts: 1, or tokens with --budget-tokens
     task: int
     score: float | None
     reason: str
     cluster: int | None
     pair: dict[str, Any] | None = None
+    tokens: int = -1
 
 
 class _Stream:
@@ -538,9 +539,11 @@ def select_data(
     mapping: dict[str, str] | None = None,
     text: str = "all",
     dedup: str = "exact",
-    near_dup_threshold: float = 0.7,
+    near_dup_threshold: float = 0.77,
     shingle: int = 3,
     num_perm: int = 128,
+    near_dup_diff: int = 14,
+    numbers_must_match: bool = True,
     filters: Sequence[str] = (),
     min_tokens: int | None = None,
     max_tokens: int | None = None,
@@ -586,7 +589,8 @@ def select_data(
                    features=features, budget=budget, budget_tokens=budget_tokens,
                    min_tokens=min_tokens, max_tokens=max_tokens, per_task=per_task,
                    near_dup_threshold=near_dup_threshold, shingle=shingle, num_perm=num_perm,
-                   stratify=stratify, pairs_per_task=pairs_per_task, clusters=clusters)
+                   near_dup_diff=near_dup_diff, stratify=stratify,
+                   pairs_per_task=pairs_per_task, clusters=clusters)
     where_expr = _parse_where(where) if where is not None else None
     has_budget = budget is not None or budget_tokens is not None
     method_name = method or ("random" if has_budget else "all")
@@ -596,10 +600,12 @@ def select_data(
     run = RunLog("select-data", {**(run_args or {}), "method": method_name, "dedup": dedup})
     summary = SelectSummary(run_id=run.run_id, method=method_name)
     count_tok = bool(budget_tokens is not None or min_tokens is not None
-                     or max_tokens is not None)
+                     or max_tokens is not None
+                     or (where_expr is not None and "tokens" in where_expr))
     need_texts = dedup == "near" or "sketches" in method_sel.needs or method_name != "all"
-    near = NearDupParams(threshold=near_dup_threshold, shingle=shingle, num_perm=num_perm,
-                         seed=1) if dedup == "near" else None
+    near = NearDupParams(threshold=near_dup_threshold, max_diff=near_dup_diff,
+                         shingle=shingle, num_perm=num_perm, seed=1,
+                         same_numbers=numbers_must_match) if dedup == "near" else None
 
     from xpkit.core.pool import Pool, PoolOptions, validate_text_spec
 
@@ -701,6 +707,9 @@ def _check_options(**o: Any) -> None:
                          f"{o['max_tokens']}.")
     if not 0.0 < o["near_dup_threshold"] <= 1.0:
         raise UsageError(f"--near-dup-threshold {o['near_dup_threshold']}: must be in (0, 1].")
+    if o["near_dup_diff"] < 0:
+        raise UsageError(f"--near-dup-diff {o['near_dup_diff']}: must be >= 0 (0 turns it "
+                         "off).")
     if not 1 <= o["shingle"] <= 8:
         raise UsageError(f"--shingle {o['shingle']}: must be between 1 and 8 characters.")
     if not 8 <= o["num_perm"] <= 1024:
@@ -880,7 +889,7 @@ def _select(pool: Any, summary: SelectSummary, *, notice: Callable[[str], None],
         ranking = method_sel.rank(view, ctx)
         rankings.append((view, ranking))
         if export == "dpo":
-            units = _pair_units(pool, view, ranking, pairs_per_task)
+            units = _pair_units(pool, view, ranking, pairs_per_task, tokens_mode)
             costs = None
         else:
             units = _record_units(pool, view, ranking, tokens_mode)
@@ -916,7 +925,8 @@ def _select(pool: Any, summary: SelectSummary, *, notice: Callable[[str], None],
                     if why:
                         excluded.setdefault(g, why)
     if export == "dpo":
-        _pair_exclusions(pool, candidates, chosen, excluded, state.outcome)
+        _pair_exclusions(pool, candidates, chosen, excluded, pairs_per_task,
+                         all(st.done for st in streams))
     for i in candidates.tolist():
         if i not in chosen:
             status[i] = NOT_CHOSEN
@@ -945,7 +955,7 @@ def _select(pool: Any, summary: SelectSummary, *, notice: Callable[[str], None],
         rec = _output_record(pool, u, export, merged)
         if rec is None:
             continue
-        sel_tokens += u.cost if tokens_mode or export == "dpo" else max(
+        sel_tokens += u.tokens if export == "dpo" else u.cost if tokens_mode else max(
             int(pool.tokens[u.members[0]]), 0)
         batch.append(rec)
         if len(batch) >= 1000:
@@ -1022,7 +1032,7 @@ def _record_units(pool: Any, view: PoolView, ranking: Any,
 
 
 def _pair_exclusions(pool: Any, candidates: Any, chosen: set[int], excluded: dict[int, str],
-                     outcome: Any) -> None:
+                     pairs_per_task: int, exhausted: bool) -> None:
     """Why a record is in no DPO pair, when the reason is not the budget."""
     import numpy as np
 
@@ -1030,6 +1040,7 @@ def _pair_exclusions(pool: Any, candidates: Any, chosen: set[int], excluded: dic
     tasks = pool.task[candidates]
     has_win = set(tasks[succ == 1.0].tolist())
     has_loss = set(tasks[succ == 0.0].tolist())
+    paired = {int(pool.task[g]) for g in chosen}
     for g, s, t in zip(candidates.tolist(), succ.tolist(), tasks.tolist(), strict=True):
         if g in chosen or g in excluded:
             continue
@@ -1037,11 +1048,15 @@ def _pair_exclusions(pool: Any, candidates: Any, chosen: set[int], excluded: dic
             excluded[g] = "no success flag (DPO pairs a success with a failure)"
         elif t not in has_win or t not in has_loss:
             excluded[g] = "no success/failure counterpart for its task"
-    del outcome
+        elif t in paired:
+            excluded[g] = f"--pairs-per-task {pairs_per_task} reached for its task"
+        elif exhausted:
+            excluded[g] = ("no same-task counterpart shares its prompt (the conversations "
+                           "differ from the first message)")
 
 
-def _pair_units(pool: Any, view: PoolView, ranking: Any,
-                pairs_per_task: int) -> Iterator[_Unit]:
+def _pair_units(pool: Any, view: PoolView, ranking: Any, pairs_per_task: int,
+                tokens_mode: bool) -> Iterator[_Unit]:
     """DPO pairs in rank order: a pair is emitted as soon as its task has a success and a
     failure among the records ranked so far (up to ``pairs_per_task`` per task)."""
     import numpy as np
@@ -1076,12 +1091,13 @@ def _pair_units(pool: Any, view: PoolView, ranking: Any,
                 continue
             k = prefix_length(cm, rm)
             ct, rt = pool.message_tokens(c), pool.message_tokens(r)
-            cost = int(sum(ct)) + int(sum(rt[k:]))
+            tokens = int(sum(ct)) + int(sum(rt[k:]))
             used_pairs.add((c, r))
             made[t] += 1
             sc = None if score is None or math.isnan(score[pos]) else float(score[pos])
             cc = None if cl is None or int(cl[pos]) < 0 else int(cl[pos])
-            yield _Unit((c, r), cost, t, sc, ranking.reason(pos), cc, pair)
+            yield _Unit((c, r), tokens if tokens_mode else 1, t, sc, ranking.reason(pos), cc,
+                        pair, tokens)
 
 
 def _output_record(pool: Any, u: _Unit, export: str | None,
@@ -1090,7 +1106,7 @@ def _output_record(pool: Any, u: _Unit, export: str | None,
     if export == "dpo":
         c, r = u.members
         sel.update({"chosen_id": pool.id_of(c), "rejected_id": pool.id_of(r),
-                    "tokens": u.cost})
+                    "tokens": u.tokens})
         return {**(u.pair or {}), "_select": sel}
     g = u.members[0]
     sel["id"] = pool.id_of(g)

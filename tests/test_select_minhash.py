@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 
 import numpy as np
 import pytest
@@ -29,13 +30,16 @@ TEXTS = [
 ]
 
 
-def grams(text: str, n: int) -> set[bytes]:
+WORD = re.compile(rb"[0-9A-Za-z_\x80-\xff]+")
+
+
+def grams(text: str, n: int) -> set[tuple[str, bytes]]:
+    """The shingle set by definition: byte n-grams and words (runs of letters/digits)."""
     b = text.encode()
     if not b:
         return set()
-    if len(b) < n:
-        return {b}
-    return {b[i:i + n] for i in range(len(b) - n + 1)}
+    ngrams = {b} if len(b) < n else {b[i:i + n] for i in range(len(b) - n + 1)}
+    return {("g", g) for g in ngrams} | {("w", w) for w in WORD.findall(b)}
 
 
 @pytest.mark.parametrize("n", [1, 3, 5, 8])

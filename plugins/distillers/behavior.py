@@ -66,7 +66,8 @@ class BehaviorDistiller(Distiller):
             yield job
 
     def to_units(self, job: Job, data: Any, model: str | None) -> list[dict[str, Any]]:
-        return [make_unit(kind="behavior", title=item["name"], content=item["instruction"],
+        return [make_unit(kind="behavior", title=item["name"],
+                          content=self.sentence(item["instruction"], "instruction", 20),
                           when=None, polarity="do",
                           evidence=self.evidence(job, item["evidence"]),
                           provenance=self.provenance(job, model))

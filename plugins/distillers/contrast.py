@@ -91,8 +91,9 @@ class ContrastDistiller(Distiller):
         win, loss = job.episodes
         example = (f"At step {data['failed_step']} the failed attempt went wrong: "
                    f"{data['what_went_wrong']}")
-        return [make_unit(kind="contrast", title=data["lesson"][:80], when=data["when"],
-                          content=data["lesson"], example=example, polarity="avoid",
+        lesson = self.sentence(data["lesson"], "lesson", 20)
+        return [make_unit(kind="contrast", title=lesson[:80], when=data["when"],
+                          content=lesson, example=example, polarity="avoid",
                           evidence=[{"episode_id": win["episode_id"],
                                      "steps": [data["success_step"]]},
                                     {"episode_id": loss["episode_id"],

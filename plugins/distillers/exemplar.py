@@ -76,8 +76,9 @@ def render_exemplar(episode: dict[str, Any]) -> tuple[str, list[int]]:
             content = content or f"{step['name']}({step['args']})"
         lines.append(f"{label}: {content}")
         used.append(i)
-    if episode.get("answer") and not any(s["kind"] == "action" for s in steps):
-        lines.append(f"Answer: {episode['answer']}")
+    answer = (episode.get("answer") or "").strip()
+    if answer and not any(answer in line for line in lines[-1:]):
+        lines.append(f"Answer: {answer}")
     return "\n".join(lines), used
 
 

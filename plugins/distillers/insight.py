@@ -77,8 +77,10 @@ class InsightDistiller(Distiller):
         return job
 
     def to_units(self, job: Job, data: Any, model: str | None) -> list[dict[str, Any]]:
-        return [make_unit(kind="insight", title=item["title"], when=item["when"],
-                          content=item["rule"], polarity=item["polarity"],
+        return [make_unit(kind="insight", title=item["title"],
+                          when=self.sentence(item["when"], "when"),
+                          content=self.sentence(item["rule"], "rule", 20),
+                          polarity=item["polarity"],
                           evidence=self.evidence(job, item["evidence"]),
                           tags=[f"taxonomy:{item['taxonomy'].strip().lower()}"],
                           provenance=self.provenance(job, model))

@@ -64,7 +64,8 @@ class SummaryDistiller(Distiller):
                              for k in sorted(data["key_steps"], key=lambda k: k["step"]))
         return [make_unit(kind="summary", title=data["title"],
                           when=f"A task like: {(ep.get('task') or '')[:120]}",
-                          content=f"{data['summary']}\nKey steps:\n{pointers}",
+                          content=f"{self.sentence(data['summary'], 'summary', 20)}\n"
+                                  f"Key steps:\n{pointers}",
                           evidence=[{"episode_id": eid, "steps": steps}],
                           provenance=self.provenance(job, model))]
 
