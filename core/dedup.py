@@ -57,6 +57,9 @@ DEFAULT_THRESHOLD = 0.77
 DEFAULT_MAX_DIFF = 14
 DEFAULT_FLOOR = 0.6
 DEFAULT_SHINGLE = 3
+# Set sizes estimated from 128 minima are within ~9% (one standard deviation); a set is
+# "small" for the difference rule up to 1.4x the bound, about four deviations of slack.
+SIZE_MARGIN = 1.4
 DEFAULT_NUM_PERM = 128
 
 
@@ -86,11 +89,6 @@ class NearDupParams:
     def lowest(self) -> float:
         """The lowest similarity a verified pair can have."""
         return min(self.threshold, self.floor) if self.max_diff > 0 else self.threshold
-
-    def banding(self) -> tuple[int, int]:
-        if self.bands and self.rows:
-            return self.bands, self.rows
-        return choose_bands(self.num_perm, self.lowest)
 
     def accept(self, jaccard: Any, inter: Any, union: Any) -> Any:
         """Which verified pairs are near duplicates (arrays of similarity and set counts)."""
@@ -175,11 +173,27 @@ def near_duplicates(sigs: Any, texts_of: Callable[[Any], list[str]], priority: A
     valid = np.asarray(active, bool).copy()
     if n:
         valid &= np.asarray(sigs[:, 0]) != EMPTY  # no shingles: nothing to compare
-    bands, rows = params.banding()
+    # Two tiers of LSH: every record at the main threshold; records with small shingle sets
+    # (the only ones that can meet the difference rule) also at the lower floor.
+    bands, rows = choose_bands(params.num_perm, params.threshold) if not (
+        params.bands and params.rows) else (params.bands, params.rows)
     cand = lsh_candidates(sigs, bands, rows, valid=valid)
+    tiers = f"{bands} bands x {rows}"
+    est_size = np.zeros(n)
+    idx = np.flatnonzero(valid)
+    for lo in range(0, idx.size, 65536):
+        est_size[idx[lo:lo + 65536]] = estimated_sizes(sigs, idx[lo:lo + 65536])
+    if params.max_diff > 0 and params.floor < params.threshold:
+        small = valid & (est_size <= SIZE_MARGIN * params.max_diff / (1.0 - params.threshold))
+        b2, r2 = choose_bands(params.num_perm, params.floor)
+        if small.sum() >= 2 and (b2, r2) != (bands, rows):
+            more = lsh_candidates(sigs, b2, r2, valid=small)
+            if len(more):
+                cand = np.unique(np.concatenate((cand, more)), axis=0)
+            tiers += f"; {int(small.sum()):,} short texts also at {b2} bands x {r2}"
     stats.candidates = len(cand)
     if on_progress:
-        on_progress(f"near-dup: {len(cand):,} LSH candidate pairs ({bands} bands x {rows})")
+        on_progress(f"near-dup: {len(cand):,} LSH candidate pairs ({tiers})")
     if len(cand):
         est = estimated_similarity(sigs, cand)
         low = params.lowest
@@ -187,12 +201,8 @@ def near_duplicates(sigs: Any, texts_of: Callable[[Any], list[str]], priority: A
                                                                        params.threshold))
         if low < params.threshold:
             # The difference rule needs union <= max_diff / (1 - J) < max_diff / (1 - t):
-            # only pairs of small sets can meet it (sizes estimated, with a 2x margin).
-            small_sets = 2.0 * params.max_diff / (1.0 - params.threshold)
-            rows = np.unique(cand)
-            est_size = np.zeros(n)
-            for lo in range(0, rows.size, 65536):
-                est_size[rows[lo:lo + 65536]] = estimated_sizes(sigs, rows[lo:lo + 65536])
+            # only pairs of small sets can meet it (sizes estimated, with a margin).
+            small_sets = SIZE_MARGIN * params.max_diff / (1.0 - params.threshold)
             size = np.maximum(est_size[cand[:, 0]], est_size[cand[:, 1]])
             need[size <= small_sets] = low - prefilter_margin(params.num_perm, low)
         cand = cand[est >= need]
@@ -249,6 +259,7 @@ def near_duplicates(sigs: Any, texts_of: Callable[[Any], list[str]], priority: A
             pa.append(np.full(js.size, i, np.int64))
             pb.append(js)
         ea, eb = np.concatenate(pa), np.concatenate(pb)
+        jac = np.zeros(0)
         stats.verified += int(ea.size)
         if ea.size:
             jac, inter, union = jaccard_pairs(

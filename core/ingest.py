@@ -187,6 +187,10 @@ def ingest(
         db = Store.open(store) if store else None
         seen: set[str] = set()
         if db is not None:
+            if pool is not None:
+                # The workers keep n_workers cores busy; DuckDB threads beyond the rest only
+                # contend with them (one thread inserts ~1.6x faster on 2 busy cores).
+                db.con.execute(f"SET threads = {max(1, len(os.sched_getaffinity(0)) - n_workers)}")
             db.con.execute("BEGIN TRANSACTION")
         # All of a run's writes are one transaction, so the only rows of the store that
         # are not in ``seen`` are those it had before: an empty store needs no lookups.

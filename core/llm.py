@@ -36,6 +36,7 @@ shows only the form (placeholders from the schema's descriptions), and
 
 from __future__ import annotations
 
+import atexit
 import functools
 import hashlib
 import importlib.util
@@ -274,6 +275,10 @@ def load(spec: ModelSpec, settings: Settings, hook: str = "register_backends") -
            *(getattr(settings, k) for k in LOAD_SETTINGS))
     with _load_lock:
         if key not in _loaded:
+            if not _loaded:
+                # Free models before the interpreter tears down the modules llama.cpp's
+                # destructor needs (else it prints a TypeError traceback at exit).
+                atexit.register(unload_all)
             _loaded[key] = find_backend(spec.kind, hook).load(spec, settings)
         return _loaded[key]
 

@@ -195,7 +195,7 @@ class MinHasher:
         self.a = (rng.integers(0, 2**31, num_perm, dtype=np.uint64) * 2 + 1).astype(np.uint32)
         self.b = rng.integers(0, 2**32, num_perm, dtype=np.uint64).astype(np.uint32)
 
-    def signatures(self, values: Any, offsets: Any, chunk: int = 1 << 15) -> Any:
+    def signatures(self, values: Any, offsets: Any, chunk: int = 1 << 14) -> Any:
         """One row of ``num_perm`` uint32 minima per document (``EMPTY`` for no shingles)."""
         import numpy as np
 
@@ -204,13 +204,17 @@ class MinHasher:
         nonempty = np.flatnonzero(np.diff(offsets) > 0)
         ends = offsets[nonempty + 1]
         b = self.b[:, None]
+        # One scratch buffer, reused: fresh large arrays would cost a page fault per page.
+        scratch = np.empty(self.num_perm * max(chunk, int(np.diff(offsets).max(initial=0))),
+                           np.uint32)
         i = 0
         while i < nonempty.size:
             lo = int(offsets[nonempty[i]])
             j = max(i + 1, int(np.searchsorted(ends, lo + chunk, side="right")))
             block = nonempty[i:j]
             hi = int(ends[j - 1])
-            hv = np.multiply.outer(self.a, values[lo:hi])
+            hv = scratch[:self.num_perm * (hi - lo)].reshape(self.num_perm, hi - lo)
+            np.multiply.outer(self.a, values[lo:hi], out=hv)
             hv += b
             out[block] = np.minimum.reduceat(hv, offsets[block] - lo, axis=1).T
             i = j

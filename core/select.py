@@ -127,6 +127,8 @@ class _State:
         self.outcome = _outcome_values(pool)
 
     def sketch_rows(self) -> Any:
+        import numpy as np
+
         if self._sketch is None:
             t = time.monotonic()
             if self.features == "minhash":
@@ -135,8 +137,6 @@ class _State:
                     from xpkit.core.dedup import NearDupParams, signatures_for
 
                     params = NearDupParams()
-                    import numpy as np
-
                     parts = []
                     for lo in range(0, self.candidates.size, 4096):
                         parts.append(signatures_for(

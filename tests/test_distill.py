@@ -112,8 +112,8 @@ def test_rerun_makes_no_model_calls_and_a_crash_resumes_from_the_cache(scripted,
     eps = [episode(f"Task about topic {i}", True) for i in range(20)]
     src = write_episodes(tmp_path / "e.jsonl", eps)
     model = ScriptedModel(lambda msgs: insight_json(
-        (f"Rule {len(msgs[-1]['content'])}", "always, on every task", f"Do thing {msgs[-1]['content'][-40:]}",
-         ["E1"])))
+        (f"Rule {len(msgs[-1]['content'])}", "always, on every task",
+         f"Do thing {msgs[-1]['content'][-40:]}", ["E1"])))
     scripted.backend.models["m"] = model
 
     def crash(_units):

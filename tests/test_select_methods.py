@@ -182,6 +182,9 @@ def test_k_center_covers_the_pool_better_than_random(alpaca):
 
     assert radius(kc) < radius(rnd)
     assert all(r["_select"]["cluster"] is not None for r in kc) and s.clusters > 1
+    # MinHash sketches instead of TF-IDF, reusing the near-duplicate signatures.
+    mh, s = run([alpaca], method="lead", features="minhash", dedup="near", budget=30)
+    assert len(mh) == 30 and all(r["_select"]["cluster"] is not None for r in mh)
 
 
 def test_facility_location_covers_the_pool_better_than_random(alpaca):

@@ -53,7 +53,8 @@ def test_shingles_are_the_distinct_byte_ngrams(n):
 
 def test_jaccard_pairs_match_python_sets():
     rng = random.Random(0)
-    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota",
+             "kappa"]
     texts = [" ".join(rng.choice(words) for _ in range(rng.randrange(1, 12)))
              for _ in range(60)] + TEXTS
     values, offsets = shingle_hashes(texts, 3)
