@@ -187,6 +187,7 @@ pd.read_json(sys.argv[1], lines=True).to_parquet(sys.argv[2])
 
 def bench_xpkit_parquet(big: Path, work: Path, size: int, records: int) -> Result:
     out = work / "xpkit.parquet"
+    out.unlink(missing_ok=True)
     log = work / "xpkit-parquet.log"
     run = run_measured([*XPKIT, "ingest", str(big), "-o", str(out)], log)
     _check("xpkit ingest -o", run.code, log)
@@ -201,6 +202,8 @@ def bench_xpkit_store(big: Path, work: Path, size: int, records: int) -> Result:
 
     db = work / "store.duckdb"
     log = work / "xpkit-store.log"
+    for stale in (db, work / "store.duckdb.wal"):  # a kept workdir's store: all duplicates
+        stale.unlink(missing_ok=True)
     run = run_measured([*XPKIT, "ingest", str(big), "--store", str(db)], log)
     _check("xpkit ingest --store", run.code, log)
     with duckdb.connect(str(db), read_only=True) as con:
@@ -212,6 +215,7 @@ def bench_xpkit_store(big: Path, work: Path, size: int, records: int) -> Result:
 
 def bench_duckdb(big: Path, work: Path, size: int, records: int) -> Result:
     out = work / "duckdb.parquet"
+    out.unlink(missing_ok=True)
     log = work / "duckdb.log"
     run = run_measured([PY, "-c", DUCKDB_SCRIPT, str(big), str(out)], log)
     _check("duckdb", run.code, log)
@@ -222,6 +226,7 @@ def bench_duckdb(big: Path, work: Path, size: int, records: int) -> Result:
 def bench_pandas(big: Path, work: Path, size: int, records: int, slice_mb: int | None,
                  why: str = "--pandas-mb") -> Result:
     out = work / "pandas.parquet"
+    out.unlink(missing_ok=True)
     log = work / "pandas.log"
     src, note = big, ""
     if slice_mb is not None:

@@ -9,7 +9,9 @@ duplicates of each other, which the cleaning below would remove anyway.)
 
 Ground truth. A pair of records is a *near duplicate* when one becomes the other by a few
 word edits: Levenshtein distance over word tokens (runs of letters and digits, case-folded)
-<= max(2, 10% of the longer text). The base
+<= max(2, 10% of the longer text) (strict; a lenient figure allows max(3, 20%), which
+admits the paraphrase-level pairs the strict rule rejects, such as "its and it's" swapped or
+"craniofacial" / "cranio-facial"). The base
 corpus is cleaned of its own near duplicates by that definition (candidates from a
 generous MinHash net at character-trigram Jaccard >= 0.5, then the exact edit check), and
 ~10% planted copies are added, each a base record with one small edit: a dropped word or
@@ -148,9 +150,9 @@ def _words(text: str) -> list[str]:
     return _WORD.findall(text.casefold())
 
 
-def within_edits(a: list[str], b: list[str]) -> bool:
-    """Word-level Levenshtein distance <= max(2, 10% of the longer text) (banded DP)."""
-    k = max(2, len(max(a, b, key=len)) // 10)
+def within_edits(a: list[str], b: list[str], least: int = 2, share: float = 0.1) -> bool:
+    """Word-level Levenshtein distance <= max(least, share of the longer text) (banded DP)."""
+    k = max(least, int(len(max(a, b, key=len)) * share))
     if abs(len(a) - len(b)) > k:
         return False
     if len(a) > len(b):
@@ -356,17 +358,24 @@ def score(run: Run, family: list[int], texts: list[str]) -> dict:
     else:
         ps = {(min(a, b), max(a, b)) for a, b in run.pairs}
         found = sum(1 for c, o in planted if (min(c, o), max(c, o)) in ps)
-    correct = same = 0
+    correct = same = lenient = 0
     for a, b in run.pairs:
         if family[a] == family[b]:
             same += 1
             correct += 1
-        elif within_edits(_words(texts[a]), _words(texts[b])):
-            correct += 1
+            lenient += 1
+        else:
+            wa, wb = _words(texts[a]), _words(texts[b])
+            if within_edits(wa, wb):
+                correct += 1
+                lenient += 1
+            elif within_edits(wa, wb, 3, 0.2):
+                lenient += 1
     n = len(run.pairs)
     return {"name": run.name, "seconds": run.seconds, "peak_rss_mb": run.peak_rss / 2**20,
             "reported": n, "planted_found": found, "planted": len(planted),
             "recall": found / max(len(planted), 1), "precision": correct / max(n, 1),
+            "precision_lenient": lenient / max(n, 1),
             "precision_planted_only": same / max(n, 1)}
 
 
@@ -416,12 +425,14 @@ def main(argv: list[str] | None = None) -> int:
     x, d = results
     print(f"near-duplicate detection, {args.records:,} real-text records "
           f"({x['planted']:,} planted small-edit copies)")
-    print(f"{'':12}{'recall':>9}{'precision':>11}{'(planted only)':>16}{'time s':>9}"
+    print("precision: reported pairs within max(2 words, 10%) word edits (strict), within "
+          "max(3, 20%) (lenient), or planted pairs only")
+    print(f"{'':12}{'recall':>9}{'strict':>9}{'lenient':>9}{'planted':>9}{'time s':>9}"
           f"{'peak RSS MB':>13}{'pairs':>9}")
     for r in results:
-        print(f"{r['name']:12}{r['recall']:9.1%}{r['precision']:11.2%}"
-              f"{r['precision_planted_only']:16.2%}{r['seconds']:9.1f}{r['peak_rss_mb']:13.0f}"
-              f"{r['reported']:9,}")
+        print(f"{r['name']:12}{r['recall']:9.1%}{r['precision']:9.2%}"
+              f"{r['precision_lenient']:9.2%}{r['precision_planted_only']:9.2%}"
+              f"{r['seconds']:9.1f}{r['peak_rss_mb']:13.0f}{r['reported']:9,}")
     print(f"ratios xpkit/datasketch: time {x['seconds'] / d['seconds']:.2f}x, peak RSS "
           f"{x['peak_rss_mb'] / d['peak_rss_mb']:.2f}x, recall "
           f"{x['recall'] / max(d['recall'], 1e-9):.2f}x")

@@ -31,14 +31,13 @@ def select_data(
                         "LSH candidates verified by true Jaccard similarity).")] = "exact",
     near_dup_threshold: Annotated[float, typer.Option(
         "--near-dup-threshold", help="Jaccard similarity of the shingle sets (character "
-                                     "n-grams and words) at which two records are near "
-                                     "duplicates; 0.77 keeps a dropped word or two swapped "
-                                     "words of a nine-word sentence.")] = 0.77,
+                                     "trigrams and words) at which two records are near "
+                                     "duplicates whatever their difference.")] = 0.85,
     near_dup_diff: Annotated[int, typer.Option(
         "--near-dup-diff", help="Also near duplicates: shingle sets that differ by at most N "
-                                "shingles (about one dropped or two swapped words, whatever "
-                                "the length) and still overlap 60%; this keeps short texts. "
-                                "0 turns it off.")] = 14,
+                                "shingles (about one dropped or two swapped words, at any "
+                                "length) and still overlap 60%; this is what keeps short "
+                                "texts. 0 turns it off.")] = 13,
     shingle: Annotated[int, typer.Option(
         "--shingle", help="Shingle size in characters for --dedup near.")] = 3,
     num_perm: Annotated[int, typer.Option(
