@@ -162,14 +162,16 @@ class _State:
             k = self.n_clusters or max(2, min(128, int(math.sqrt(n / 2)) or 1))
             data = self.sketch_rows()
             if self.features == "minhash":
+                from itertools import islice
+
                 from xpkit.core.diversity import Sketches, k_center_greedy
 
                 # Gonzalez clustering: the first k farthest-first centers, nearest wins.
                 sk = Sketches(data, "minhash")
-                centers = [i for i, _ in zip(k_center_greedy(sk, 0), range(k), strict=False)]
-                sims = sk.sim_matrix(np.arange(n), np.asarray([c for c, _ in centers]))
-                self._labels = sims.argmax(axis=1).astype(np.int64) if n else np.zeros(
-                    0, np.int64)
+                centers = np.asarray([i for i, _ in islice(k_center_greedy(sk, 0), k)],
+                                     np.int64)
+                self._labels = (sk.sim_matrix(np.arange(n), centers).argmax(axis=1)
+                                .astype(np.int64) if n else np.zeros(0, np.int64))
             else:
                 from xpkit.core.diversity import kmeans
 
@@ -232,10 +234,13 @@ class PoolView:
         return self._s.pool.response_chars[self.index]
 
     def texts(self, positions: Any = None) -> list[str]:
+        """The compared text of each position (``--text``, normalised: case-folded,
+        whitespace collapsed). A model-aware selector reads ``records`` instead."""
         idx = self.index if positions is None else self.index[positions]
         return self._s.pool.text_of(idx)
 
     def records(self, positions: Any) -> list[Any]:
+        """The output payloads (input records, or messages with --export) of positions."""
         return [self._s.pool.payload(int(i)) for i in self.index[positions]]
 
     def ids(self, positions: Any) -> list[str]:

@@ -106,6 +106,16 @@ def test_stratified_budget_follows_the_pool_shares(data, tmp_path):
     for cat, n in pool.items():
         assert abs(got[cat] - 300 * n / len(recs)) < 1.0, (cat, got[cat])
     assert set(s.strata) == set(pool)
+    # With a token budget: never over, and whatever is left out would not fit.
+    small = tmp_path / "dolly800.jsonl"
+    small.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in recs[:800]))
+    full, _ = run([str(small)], export="sft")
+    tokens = {r["_select"]["id"]: sft_tokens(r) for r in full}
+    out, s = run([str(small)], export="sft", budget_tokens=30_000, stratify="category")
+    used = sum(tokens[r["_select"]["id"]] for r in out)
+    assert used == s.selected_tokens <= 30_000
+    chosen = {r["_select"]["id"] for r in out}
+    assert all(t > 30_000 - used for i, t in tokens.items() if i not in chosen)
 
 
 # ------------------------------------------------------------------------- difficulty
