@@ -30,8 +30,8 @@ from __future__ import annotations
 import os
 import sys
 
-# Run as a script, bench/ is sys.path[0], and its select.py (the select-data benchmark)
-# would shadow the standard library's `select`, which subprocess imports.
+# Run as a script, bench/ is sys.path[0], and a file there named like a stdlib module
+# would shadow it (bench/select.py once shadowed `select`, which subprocess imports).
 if sys.path and os.path.realpath(sys.path[0]) == os.path.dirname(os.path.realpath(__file__)):
     sys.path.pop(0)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before llama.cpp's library loads

@@ -17,7 +17,7 @@ One small edit changes a roughly constant number of shingles, which is a large f
 five-word claim (Jaccard 0.65-0.75) but a small one of a paragraph: the difference rule
 finds small edits at any length, where a Jaccard threshold low enough for short texts would
 merge paraphrases of long ones. Measured on 200k real records with 10% planted one-word
-edits (``bench/select.py``): Jaccard alone reaches 97.6% recall at 98.7% precision (0.77);
+edits (``bench/select_data.py``): Jaccard alone reaches 97.6% recall at 98.7% precision (0.77);
 the two rules together (13 shingles, 0.85) 98.6% at 99.05%.
 
 Verified pairs must not change a number (``same_numbers``): when each text has a number the

@@ -25,7 +25,7 @@ Character trigrams plus words rather than word 5-shingles: one dropped word chan
 few trigrams around it (and one word), two swapped words only the trigrams that straddle
 them (and no word), so the Jaccard similarity of a small edit stays high even in a ten-word
 text, whereas 5-word shingles lose five shingles per edit (a median Jaccard of 0.75 for such
-pairs on real records). Measured on real short texts (``bench/select.py``), trigrams plus
+pairs on real records). Measured on real short texts (``bench/select_data.py``), trigrams plus
 words separate small edits from distinct records better than 3-, 4- or 5-grams alone,
 word uni+bigrams, or in-word trigrams.
 """

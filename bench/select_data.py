@@ -28,8 +28,8 @@ Contenders, each in its own process (time and peak RSS via ``wait4``):
 - ``datasketch``: ``MinHash(num_perm=128)`` over 5-word shingles (``update_batch``),
   ``MinHashLSH(threshold=0.8)``, insert all, query all; a reported pair is a candidate pair.
 
-    python bench/select.py                         # 200k records, 10% planted
-    python bench/select.py --records 50000 --keep --workdir /tmp/xb
+    python bench/select_data.py                         # 200k records, 10% planted
+    python bench/select_data.py --records 50000 --keep --workdir /tmp/xb
 """
 
 # ruff: noqa: E402
