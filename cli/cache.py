@@ -8,7 +8,8 @@ import typer
 
 app = typer.Typer(
     name="cache", no_args_is_help=True,
-    help="Inspect or clear the model response and embedding cache ($XPKIT_HOME/cache).",
+    help="Inspect or clear the model response and embedding cache ($XPKIT_HOME/cache).\n\n"
+         "\b\nExample:\n  xpkit cache info | jq '.bytes'",
 )
 
 
@@ -16,7 +17,9 @@ app = typer.Typer(
 def info() -> None:
     """Print the cache's path, size and entry counts per model as JSON.
 
-    Example:  xpkit cache info
+    \b
+    Example:
+      xpkit cache info
     """
     import orjson
 
@@ -32,7 +35,9 @@ def clear(
 ) -> None:
     """Delete cached model responses and/or embeddings; the next run calls the model again.
 
-    Example:  xpkit cache clear --kind responses
+    \b
+    Example:
+      xpkit cache clear --kind responses
     """
     from xpkit.cli.console import err
     from xpkit.core.llm_cache import clear as core_clear

@@ -5,11 +5,33 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
+if TYPE_CHECKING:
+    from rich.console import Console
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+class _LazyConsole:
+    """The stderr ``rich`` Console, created on first use.
+
+    Importing rich.console costs 40-60 ms, which shell completion (run on every Tab) would
+    pay for nothing; every command module imports ``err`` at the top.
+    """
+
+    _console: Console | None = None
+
+    def get(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=True, highlight=False, soft_wrap=True)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.get(), name)
+
+
+err = _LazyConsole()
 
 
 def notice(message: str) -> None:
@@ -35,6 +57,6 @@ def progress(description: str, total: int | None = None,
     cols = [TextColumn("[progress.description]{task.description}"), BarColumn(),
             MofNCompleteColumn() if total else TextColumn(f"{{task.completed:,}} {unit}"),
             TaskProgressColumn(show_speed=True), TimeElapsedColumn()]
-    with Progress(*cols, console=err, transient=True) as bar:
+    with Progress(*cols, console=err.get(), transient=True) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n=1: bar.advance(task, n)

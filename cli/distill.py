@@ -63,6 +63,7 @@ def distill(
     and counters combined); the rest are added. Model output that fails its schema or cites
     evidence absent from the input is quarantined with the raw text.
 
+    \b
     Example:
       xpkit ingest runs/*.jsonl | xpkit distill --method insight,contrast > units.jsonl
       xpkit distill --store lib.duckdb --method exemplar

@@ -53,6 +53,7 @@ def index(
     after 'xpkit ingest --store' with --level episode or step). Records without the needed
     fields are quarantined with their file and line.
 
+    \b
     Example:
       xpkit distill --method insight < episodes.jsonl | xpkit index --store lib.duckdb
       xpkit index docs.jsonl --store lib.duckdb --id doc_id --text body

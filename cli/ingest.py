@@ -34,9 +34,12 @@ def ingest(
     quarantined with its file, line and reason; the summary on stderr adds up. With --store
     and no -o, nothing is written to stdout.
 
+    \b
     Example:
       xpkit ingest runs/*.jsonl.gz --store lib.duckdb
       xpkit ingest data.csv --map task=prompt --map answer=completion -o episodes.parquet
+      xpkit ingest runs/*.jsonl --format react | xpkit distill --method insight \\
+        | xpkit index --store lib.duckdb
     """
     from xpkit.core.formats import parse_mapping
     from xpkit.core.ingest import ingest as core_ingest

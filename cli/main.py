@@ -13,11 +13,12 @@ from typing import Annotated
 import typer
 
 from xpkit.cli import cache as cache_cmd
+from xpkit.cli import config as config_cmd
 from xpkit.cli import distill as distill_cmd
+from xpkit.cli import evaluate as evaluate_cmd
 from xpkit.cli import index as index_cmd
 from xpkit.cli import ingest as ingest_cmd
 from xpkit.cli import models as models_cmd
-from xpkit.cli import pending
 from xpkit.cli import plugins as plugins_cmd
 from xpkit.cli import retrieve as retrieve_cmd
 from xpkit.cli import select_data as select_data_cmd
@@ -59,12 +60,12 @@ app.command("distill")(distill_cmd.distill)
 app.command("index")(index_cmd.index)
 app.command("retrieve")(retrieve_cmd.retrieve)
 app.command("select-data")(select_data_cmd.select_data)
-for _name, _help in pending.PENDING.items():
-    app.command(_name, help=_help, context_settings=pending.PASSTHROUGH)(pending.make(_name))
+app.command("evaluate")(evaluate_cmd.evaluate)
 app.command("show")(show_cmd.show)
 app.command("plugins")(plugins_cmd.plugins)
 app.command("models")(models_cmd.models)
 app.add_typer(cache_cmd.app, name="cache")
+app.add_typer(config_cmd.app, name="config")
 
 
 def main() -> None:

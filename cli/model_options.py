@@ -79,7 +79,7 @@ def llm_progress(description: str, total: int | None = None) -> Iterator[Callabl
 
     cols = [TextColumn("[progress.description]{task.description}"), BarColumn(),
             MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn()]
-    with Progress(*cols, console=err, transient=True) as bar:
+    with Progress(*cols, console=err.get(), transient=True) as bar:
         task = bar.add_task(description, total=total, rate="")
 
         def update(event: Any) -> None:

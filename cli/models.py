@@ -32,6 +32,7 @@ def models(
     --model and --embed-model, and the effective settings with where each came from. With
     --check (the default) the model is loaded and generates a few tokens; exits 1 if not.
 
+    \b
     Example:
       xpkit models
       xpkit models -m http://127.0.0.1:8000/v1 --no-check

@@ -12,13 +12,17 @@ def plugins(
 ) -> None:
     """List loaded plugins as JSON: name, version, hooks; errors of plugins that failed.
 
-    Example:  XPKIT_LOAD_PLUGINS=myplugin xpkit plugins
+    \b
+    Example:
+      xpkit plugins --all | jq -r '.[].name'
+      XPKIT_LOAD_PLUGINS=myplugin xpkit plugins
     """
     import orjson
 
-    from xpkit.core.plugins import loaded_plugins, plugin_errors
+    from xpkit.core.plugins import loaded_plugins, plugin_errors, probe_hooks
 
     rows = loaded_plugins(include_builtins=all)
+    probe_hooks()
     for e in plugin_errors():
         rows.append({"name": e.name, "error": e.error})
     typer.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())

@@ -75,6 +75,7 @@ def retrieve(
     context, context_tokens, and _retrieve (mode, in_scope, and why a context is empty).
     Refuses a stale index (the library changed since 'xpkit index') unless --refresh.
 
+    \b
     Example:
       xpkit retrieve tasks.jsonl --store lib.duckdb --budget-tokens 800 --mmr 0.7 \\
         | xpkit evaluate --model default

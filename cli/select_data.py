@@ -7,13 +7,23 @@ from typing import Annotated, Any
 import typer
 
 from xpkit.cli.console import err, notice, progress
+from xpkit.cli.model_options import (
+    ConcurrencyOpt,
+    CtxOpt,
+    ModelOpt,
+    NGpuLayersOpt,
+    NoCacheOpt,
+    ThreadsOpt,
+)
 from xpkit.cli.options import BatchSizeOpt, InputsArg, OutputOpt, RejectsOpt, StoreOpt, StrictOpt
 
 METHODS = ("all (default without a budget), random (default with one), top, k-center, "
-           "facility-location, mopps, drive, lead; coming with the model runtime: add-one-in")
+           "facility-location, mopps, drive, lead; with --model: add-one-in (the model picks, "
+           "call by call, the candidate that adds most)")
 SCORES = ("auto (informative when tasks have several recorded outcomes, else length), "
-          "length, reward, informative, difficulty, random; coming with the model runtime: "
-          "judge (AlpaGasus rating), ifd, perplexity")
+          "length, reward, informative, difficulty, random; with --model: judge (AlpaGasus "
+          "0-5 rating), ifd (instruction-following difficulty) and perplexity (token losses: "
+          "a GGUF model, not an HTTP server)")
 
 
 def select_data(
@@ -69,7 +79,10 @@ def select_data(
     param: Annotated[list[str] | None, typer.Option(
         "--param", "-p", help="KEY=VALUE for the method or score (repeatable), e.g. "
                               "group=8 (mopps), max_success=0.5 (drive), explore=1 (lead), "
-                              "demand=4096 (facility-location).", show_default=False)] = None,
+                              "demand=4096 (facility-location), max_ifd=1 and "
+                              "max_answer_tokens=512 (ifd), prefer=low (perplexity), "
+                              "aspect=helpfulness (judge), batch=4 and max_calls=32 "
+                              "(add-one-in).", show_default=False)] = None,
     features: Annotated[str, typer.Option(
         "--features", help="Sketches for k-center, facility-location, lead and clusters: "
                            "tfidf (hashed TF-IDF, cosine) or minhash (Jaccard); embeddings "
@@ -113,6 +126,12 @@ def select_data(
     rejects: RejectsOpt = None,
     strict: StrictOpt = False,
     batch_size: BatchSizeOpt = 2000,
+    model: ModelOpt = None,
+    n_gpu_layers: NGpuLayersOpt = None,
+    ctx: CtxOpt = None,
+    threads: ThreadsOpt = None,
+    concurrency: ConcurrencyOpt = None,
+    no_cache: NoCacheOpt = None,
 ) -> None:
     """Choose the training data that matters: dedup, filters, diversity, difficulty, budgets.
 
@@ -123,14 +142,21 @@ def select_data(
     reason, cluster, id}. Every pool record is accounted for on stderr (selected, duplicate,
     filtered, not chosen, rejected) and, with --report, one by one.
 
-    Model-aware selection (LLM-judge rating, IFD and perplexity scores, Add-One-In) is
-    coming with the model runtime; the names are reserved and listed above.
+    Model-aware selection uses --model (default: the bundled SmolLM2-135M-Instruct): --score
+    judge (the model rates each record 0-5, AlpaGasus), --score ifd and --score perplexity
+    (token losses of the answer with and without its instruction, Cherry LLM; they need an
+    in-process GGUF model, the llama.cpp HTTP server gives no prompt log-probabilities),
+    --method add-one-in (the model picks, call by call, the candidate that adds most).
+    --method lead --score ifd uses IFD as LEAD's instance-level utility. Model results are
+    cached, so a rerun makes no model calls.
 
+    \b
     Example:
       xpkit select-data pool.parquet --dedup near --filter empty --method k-center \\
         --budget-tokens 2000000 -o train.jsonl
       xpkit select-data runs/*.jsonl --method mopps --budget 64 --per-task 1 --export sft
       xpkit ingest trajs.json | xpkit select-data --export dpo -o pairs.jsonl
+      xpkit select-data alpaca.json --method lead --score ifd --model default --budget 500
     """
     from xpkit.core.formats import parse_mapping
     from xpkit.core.io import RecordWriter
@@ -139,6 +165,9 @@ def select_data(
 
     mapping = parse_mapping(map or [])
     params = parse_params(param or [])
+    llm_options = {k: v for k, v in dict(n_gpu_layers=n_gpu_layers, ctx=ctx, threads=threads,
+                                         concurrency=concurrency, no_cache=no_cache).items()
+                   if v is not None}
     writer = RecordWriter(output)
     try:
         with progress("select-data") as advance:
@@ -153,7 +182,8 @@ def select_data(
                 stratify=stratify, per_task=per_task, task_field=task_field, seed=seed,
                 order=order, export=export, pairs_per_task=pairs_per_task, store=store,
                 output=output, rejects=rejects, report=report, strict=strict,
-                batch_size=batch_size, sink=writer.write_many, on_notice=notice,
+                batch_size=batch_size, model=model, llm_options=llm_options,
+                sink=writer.write_many, on_notice=notice,
                 on_progress=advance,
                 run_args={"inputs": inputs or ["-"], "output": output, "params": param or []})
     except BaseException:

@@ -19,6 +19,7 @@ def show(
 ) -> None:
     """Dereference a unit to the episodes and steps it came from, or show an episode or step.
 
+    \b
     Example:
       xpkit retrieve tasks.jsonl --store lib.duckdb | jq -r '.hits[0].unit_id' \\
         | xargs -n1 xpkit show --store lib.duckdb

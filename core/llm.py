@@ -711,6 +711,19 @@ def get_llm(model: str | None = None, *, settings: Settings | None = None,
     return LLM(resolve_model(model, settings=settings), settings)
 
 
+def model_key(spec: str | None) -> str | None:
+    """The name a model's measured utility is filed under (``stats.per_model``): the resolved
+    model's name, so ``default`` and the bundled model's own name agree. Resolving reads no
+    weights; a spec that does not resolve is its own key."""
+    if spec is None:
+        return None
+    try:
+        resolved = resolve_model(spec)
+    except Exception:  # an unknown spec still names its own counters
+        return spec
+    return resolved.name or resolved.spec
+
+
 def generate(prompt: str | Messages, *, model: str | None = None, system: str | None = None,
              max_tokens: int = 256, stop: list[str] | None = None, overflow: str = "reject",
              **options: Any) -> Completion:

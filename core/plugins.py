@@ -44,6 +44,11 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "xpkit.plugins.distillers.contrast",
     "xpkit.plugins.distillers.exemplar",
     "xpkit.plugins.distillers.summary",
+    "xpkit.plugins.scorers.text",
+    "xpkit.plugins.scorers.numeric",
+    "xpkit.plugins.scorers.math_equiv",
+    "xpkit.plugins.scorers.verifier",
+    "xpkit.plugins.scorers.judge",
 )
 
 
@@ -111,6 +116,19 @@ def collect(hook_name: str) -> list[Any]:
             if err not in _state.errors:
                 _state.errors.append(err)
     return found
+
+
+def probe_hooks() -> None:
+    """Call every ``register_*`` hook once, so that plugins that raise in one are recorded.
+
+    Commands only call the hooks they need; ``xpkit plugins`` probes them all to report
+    every broken plugin, not only those a command happened to consult.
+    """
+    pm = get_plugin_manager()
+    for name in sorted(pm.hook.__dict__):
+        # register_commands takes the Typer app, not a register callback
+        if name.startswith("register_") and name != "register_commands":
+            collect(name)
 
 
 def plugin_errors() -> list[PluginError]:

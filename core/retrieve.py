@@ -750,9 +750,10 @@ def retrieve(
     end when the store is free (a notice says so when it is not).
     """
     from xpkit.core.io import read_records, resolve_inputs
+    from xpkit.core.llm import model_key
     from xpkit.core.quarantine import Quarantine, default_rejects_path
     from xpkit.core.render import check_template
-    from xpkit.core.store import RunLog
+    from xpkit.core.store import RunLog, append_run
     from xpkit.core.vectors import DEFAULT_HNSW_THRESHOLD
 
     if mode is not None and mode not in MODES:
@@ -785,7 +786,7 @@ def retrieve(
         opts = Options(mode=mode, k=k_eff,
                        pool=pool or (max(4 * k_eff, 50) if rerank else k_eff),
                        min_score=min_score, mmr=mmr, budget_tokens=budget_tokens,
-                       utility=use_utility, model=model, template=template,
+                       utility=use_utility, model=model_key(model), template=template,
                        follow=list(follow or []),
                        hnsw_threshold=hnsw_threshold if hnsw_threshold is not None
                        else DEFAULT_HNSW_THRESHOLD)
@@ -836,20 +837,6 @@ def retrieve(
     finally:
         run.counts = summary.counts()
         lib.close()
-        _log_run(store, run, notice)
+        append_run(store, run, notice)
     return summary
-
-
-def _log_run(store: str, run: Any, notice: Callable[[str], None]) -> None:
-    """Append the runs row; retrieval itself never needs the write lock."""
-    from xpkit.core.errors import StoreLockedError
-    from xpkit.core.store import Store
-
-    try:
-        with Store.open(store) as db, db.transaction():
-            db.record_run(run)
-    except StoreLockedError:
-        notice(f"retrieve: {store} is busy; this run was not added to its runs table")
-    except Exception:  # logging must never turn a finished retrieval into a failure
-        pass
 

@@ -107,7 +107,9 @@ class _State:
 
     def __init__(self, pool: Any, candidates: Any, *, features: str, clusters: int | None,
                  seed: int, scorer: Any, scorer_params: dict[str, Any],
-                 notice: Callable[[str], None], sketch_dim: int) -> None:
+                 notice: Callable[[str], None], sketch_dim: int,
+                 mapping: dict[str, str] | None = None,
+                 llm_factory: Callable[[], Any] | None = None) -> None:
         import numpy as np
 
         self.pool = pool
@@ -121,6 +123,8 @@ class _State:
         self.scorer_params = scorer_params
         self.notice = notice
         self.sketch_dim = sketch_dim
+        self.mapping = mapping or {}
+        self.llm_factory = llm_factory
         self._sketch: Any = None
         self._labels: Any = None
         self._utility: Any = None
@@ -185,9 +189,36 @@ class _State:
         if self._utility is None:
             full = PoolView(self, self.candidates)
             ctx = SelectContext(params=self.scorer_params, seed=self.seed,
-                                notice=self.notice)
+                                notice=self.notice, llm_factory=self.llm_factory)
             self._utility = np.asarray(self.scorer.score(full, ctx), np.float64)
         return self._utility[self.row_of[view.index]]
+
+    def messages(self, items: Any) -> list[list[dict[str, Any]]]:
+        """The chat messages of pool items, as ``--export sft`` writes them: the payload
+        itself with ``--export``, else the input record parsed again with its format."""
+        from xpkit.core.errors import RecordError
+        from xpkit.core.export import sft_messages
+        from xpkit.core.formats import FormatOptions, get_format
+
+        pool = self.pool
+        out: list[list[dict[str, Any]]] = []
+        for i in [int(x) for x in items]:
+            payload = pool.payload(i)
+            if pool.options.payload == "messages":
+                out.append(payload if isinstance(payload, list) else [])
+                continue
+            fmt = pool.formats.get(pool.sources[pool.file_idx[i]])
+            ep = None
+            if isinstance(payload, dict) and "episode_id" in payload and "steps" in payload:
+                ep = payload  # a record that gave several episodes keeps the episode
+            elif fmt is not None and isinstance(payload, dict):
+                try:
+                    got = get_format(fmt).parse(payload, FormatOptions(mapping=self.mapping))
+                except RecordError:
+                    got = None
+                ep = got[0] if isinstance(got, list) and got else got
+            out.append(sft_messages(ep, payload, fmt) if isinstance(ep, dict) else [])
+        return out
 
 
 class PoolView:
@@ -243,6 +274,11 @@ class PoolView:
         """The output payloads (input records, or messages with --export) of positions."""
         return [self._s.pool.payload(int(i)) for i in self.index[positions]]
 
+    def messages(self, positions: Any = None) -> list[list[dict[str, Any]]]:
+        """The chat messages of positions (as ``--export sft`` writes them): what a
+        model-aware selector shows its model."""
+        return self._s.messages(self.index if positions is None else self.index[positions])
+
     def ids(self, positions: Any) -> list[str]:
         return [self._s.pool.id_of(int(i)) for i in self.index[positions]]
 
@@ -282,11 +318,34 @@ class SelectContext:
     quota_tokens: int | None = None
     notice: Callable[[str], None] = lambda _m: None
     stratum: str | None = None
+    llm_factory: Callable[[], Any] | None = None
 
     def rng(self, salt: int = 0) -> Any:
         import numpy as np
 
         return np.random.default_rng([self.seed, salt])
+
+    def llm(self) -> Any:
+        """The ``--model`` runtime (``xpkit.core.llm.LLM``), made on first use; the model
+        itself loads only when a call misses the cache."""
+        if self.llm_factory is None:
+            self.llm_factory = model_factory(None, None)
+        return self.llm_factory()
+
+
+def model_factory(model: str | None, llm_options: dict[str, Any] | None
+                  ) -> Callable[[], Any]:
+    """A function that makes the run's ``LLM`` once (``--model``, resolved lazily: a run
+    whose selectors use no model never resolves or loads one)."""
+    import functools
+
+    @functools.cache
+    def make() -> Any:
+        from xpkit.core.llm import get_llm
+
+        return get_llm(model, **(llm_options or {}))
+
+    return make
 
 
 def _outcome_values(pool: Any) -> Any:
@@ -573,6 +632,8 @@ def select_data(
     report: str | None = None,
     strict: bool = False,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    model: str | None = None,
+    llm_options: dict[str, Any] | None = None,
     sink: Sink | None = None,
     on_notice: Callable[[str], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
@@ -581,6 +642,8 @@ def select_data(
     """Choose records from the pool ``inputs`` and hand them to ``sink`` in batches.
 
     The parameters mirror the CLI options (see the module docstring for the stage order).
+    ``model`` and ``llm_options`` (``ctx=``, ``threads=``, ``no_cache=`` ...) reach the
+    model-aware selectors (judge, ifd, perplexity, add-one-in) through ``SelectContext.llm``.
     ``output`` only decides where the quarantine file goes by default. Returns the summary;
     every item is accounted for (``SelectSummary.balanced``).
     """
@@ -602,7 +665,8 @@ def select_data(
     method_sel = get_selector(method_name, "method")
     score_name = score
     raw_params = dict(params or {})
-    run = RunLog("select-data", {**(run_args or {}), "method": method_name, "dedup": dedup})
+    run = RunLog("select-data", {**(run_args or {}), "method": method_name, "dedup": dedup,
+                                 **({"model": model} if model is not None else {})})
     summary = SelectSummary(run_id=run.run_id, method=method_name)
     count_tok = bool(budget_tokens is not None or min_tokens is not None
                      or max_tokens is not None
@@ -643,7 +707,8 @@ def select_data(
                        features=features, clusters=clusters, budget=budget,
                        budget_tokens=budget_tokens, stratify=stratify, per_task=per_task,
                        seed=seed, order=order, export=export, pairs_per_task=pairs_per_task,
-                       sink=sink)
+                       sink=sink, mapping=mapping,
+                       llm_factory=model_factory(model, llm_options))
         if report:
             _write_report(report, pool, fate, rejected_rows)
             summary.report_path = report
@@ -772,7 +837,8 @@ def _select(pool: Any, summary: SelectSummary, *, notice: Callable[[str], None],
             features: str, clusters: int | None, budget: int | None,
             budget_tokens: int | None, stratify: str | None, per_task: int | None,
             seed: int, order: str, export: str | None, pairs_per_task: int,
-            sink: Sink | None) -> dict[str, Any]:
+            sink: Sink | None, mapping: dict[str, str] | None = None,
+            llm_factory: Callable[[], Any] | None = None) -> dict[str, Any]:
     """Stages 2-6 on a finished pool; returns each item's fate for the report."""
     import numpy as np
 
@@ -864,7 +930,7 @@ def _select(pool: Any, summary: SelectSummary, *, notice: Callable[[str], None],
     mparams, sparams = resolve_params(raw_params, [method_sel, scorer])
     state = _State(pool, candidates, features=features, clusters=clusters, seed=seed,
                    scorer=scorer, scorer_params=sparams, notice=notice,
-                   sketch_dim=256)
+                   sketch_dim=256, mapping=mapping, llm_factory=llm_factory)
     tokens_mode = budget_tokens is not None
     total = budget_tokens if tokens_mode else budget
     units_by_member: dict[int, _Unit] = {}
@@ -889,6 +955,7 @@ def _select(pool: Any, summary: SelectSummary, *, notice: Callable[[str], None],
     for (label, idx), quota in zip(groups, quotas, strict=True):
         view = PoolView(state, idx)
         ctx = SelectContext(params=mparams, seed=seed, notice=notice, stratum=label,
+                            llm_factory=llm_factory,
                             quota_records=None if tokens_mode else quota,
                             quota_tokens=quota if tokens_mode else None)
         ranking = method_sel.rank(view, ctx)

@@ -6,18 +6,19 @@ judgments are lines ``qid docid [...]``, every listed pair relevant. ``documents
 records ready for ``xpkit index --id id --text text`` (title and abstract, the usual choice),
 ``queries`` records ready for ``xpkit retrieve --text query``.
 
-Metrics: binary-relevance nDCG@k (Järvelin & Kekäläinen, 2002; gain 1, discount
-log2(rank + 1)) and recall@k, averaged over queries that have at least one judgment.
+``evaluate_run`` averages binary-relevance nDCG@k and recall@k (``core.ir_metrics``) over
+the queries that have at least one judgment.
 """
 
 from __future__ import annotations
 
 import gzip
-import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from xpkit.core.ir_metrics import read_qrels, retrieval_metrics
 
 _RECORD = re.compile(r"^\.I\s+(\S+)\s*$")
 _FIELD = re.compile(r"^\.([A-Z])\s*$")
@@ -82,30 +83,13 @@ def queries(path: str | Path) -> list[dict[str, Any]]:
 
 def qrels(path: str | Path) -> dict[str, set[str]]:
     """Relevance judgments: query id -> the set of relevant document ids."""
-    out: dict[str, set[str]] = {}
-    for line in _lines(path):
-        parts = line.split()
-        if len(parts) >= 2:
-            out.setdefault(parts[0], set()).add(parts[1])
-    return out
-
-
-def ndcg_at_k(ranked: Sequence[str], relevant: set[str], k: int = 10) -> float:
-    dcg = sum(1.0 / math.log2(i + 2) for i, d in enumerate(ranked[:k]) if d in relevant)
-    ideal = sum(1.0 / math.log2(i + 2) for i in range(min(k, len(relevant))))
-    return dcg / ideal if ideal else 0.0
-
-
-def recall_at_k(ranked: Sequence[str], relevant: set[str], k: int = 100) -> float:
-    return len(set(ranked[:k]) & relevant) / len(relevant) if relevant else 0.0
+    return {q: set(docs) for q, docs in read_qrels(str(path)).items()}
 
 
 def evaluate_run(run: Mapping[str, Sequence[str]], judgments: Mapping[str, set[str]],
                  k_ndcg: int = 10, k_recall: int = 100) -> dict[str, float]:
     """Mean nDCG@k and recall@k over the judged queries (a query missing from ``run`` scores 0)."""
-    judged = [q for q, rel in judgments.items() if rel]
-    if not judged:
-        return {f"ndcg@{k_ndcg}": 0.0, f"recall@{k_recall}": 0.0, "queries": 0}
-    nd = sum(ndcg_at_k(run.get(q, []), judgments[q], k_ndcg) for q in judged) / len(judged)
-    rc = sum(recall_at_k(run.get(q, []), judgments[q], k_recall) for q in judged) / len(judged)
-    return {f"ndcg@{k_ndcg}": nd, f"recall@{k_recall}": rc, "queries": len(judged)}
+    m = retrieval_metrics(run, {q: dict.fromkeys(d, 1.0) for q, d in judgments.items()},
+                          ks=(k_ndcg, k_recall))
+    return {f"ndcg@{k_ndcg}": m.get(f"ndcg@{k_ndcg}", 0.0),
+            f"recall@{k_recall}": m.get(f"recall@{k_recall}", 0.0), "queries": m["queries"]}

@@ -124,8 +124,18 @@ def m003_unit_links(con: Any) -> None:
         )""")
 
 
+def m004_gates(con: Any) -> None:
+    """Decisions of ``evaluate --gate``: a batch of units kept or rejected, with both scores."""
+    con.execute("""
+        CREATE TABLE gates (
+            run_id VARCHAR PRIMARY KEY, units_file VARCHAR, decision VARCHAR NOT NULL,
+            score_without DOUBLE, score_with DOUBLE, p_value DOUBLE, n INTEGER, summary JSON,
+            created_at TIMESTAMP DEFAULT current_timestamp
+        )""")
+
+
 # Append only: never edit or reorder a released migration; add m00N_... at the end.
-MIGRATIONS: list[Migration] = [m001_initial, m002_index_tables, m003_unit_links]
+MIGRATIONS: list[Migration] = [m001_initial, m002_index_tables, m003_unit_links, m004_gates]
 
 
 def extension_path(name: str) -> Path:
@@ -342,6 +352,22 @@ class Store:
 
     def __exit__(self, *_: Any) -> None:
         self.close()
+
+
+def append_run(store: str, run: RunLog, on_notice: Any = None) -> None:
+    """Append ``run`` to the store's ``runs`` table for a command that did not hold the store
+    open for writing (retrieve, evaluate without feedback). A busy store is reported through
+    ``on_notice``; logging never turns a finished command into a failure."""
+    notice = on_notice or (lambda _m: None)
+    if not os.path.exists(store):
+        return
+    try:
+        with Store.open(store) as db, db.transaction():
+            db.record_run(run)
+    except StoreLockedError:
+        notice(f"{run.command}: {store} is busy; this run was not added to its runs table")
+    except Exception:
+        notice(f"{run.command}: could not add this run to {store}'s runs table")
 
 
 class RunLog:

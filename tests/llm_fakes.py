@@ -63,6 +63,31 @@ class ScriptedModel:
                              completion_tokens=len(item.split()), finish_reason="stop")
 
 
+class ScriptedScorer(ScriptedModel):
+    """A scripted model that also gives token log-probabilities (what the in-process GGUF
+    backend offers): ``fn(prefix, continuation)`` returns one logprob per continuation word.
+    Records every ``(prefix, continuation)`` it scores."""
+
+    def __init__(self, fn: Callable[[Any, str], list[float]], *script: Script,
+                 **kw: Any) -> None:
+        super().__init__(*(script or ("",)), **kw)
+        self.fn = fn
+        self.scored: list[tuple[Any, str]] = []
+
+    def token_logprobs(self, prefix: Any, continuation: str, *,
+                       max_continuation: int = 512) -> Any:
+        import numpy as np
+
+        from xpkit.core.token_losses import TokenLogprobs
+
+        with self._lock:
+            self.scored.append((prefix, continuation))
+        values = list(self.fn(prefix, continuation))
+        kept = values[:max_continuation]
+        n_prefix = len(prefix.split()) if isinstance(prefix, str) else _words(prefix)
+        return TokenLogprobs(np.asarray(kept, np.float32), n_prefix + 1, len(values))
+
+
 class ScriptedEmbedModel:
     """Deterministic vectors from a hash of the text; counts the texts it embeds."""
 
@@ -122,6 +147,11 @@ class Scripted:
 
     def model(self, name: str, *script: Script, **kw: Any) -> ScriptedModel:
         self.backend.models[name] = m = ScriptedModel(*script, **kw)
+        return m
+
+    def scorer(self, name: str, fn: Callable[[Any, str], list[float]], *script: Script,
+               **kw: Any) -> ScriptedScorer:
+        self.backend.models[name] = m = ScriptedScorer(fn, *script, **kw)
         return m
 
     def embed_model(self, name: str, **kw: Any) -> ScriptedEmbedModel:

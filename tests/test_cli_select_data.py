@@ -81,8 +81,10 @@ def test_report_strict_quarantine_and_store(xpkit, tmp_path):
 @pytest.mark.parametrize(("args", "message"), [
     (["--budget", "3", "--budget-tokens", "100"], "--budget and --budget-tokens are exclusive"),
     (["--method", "nope", "--budget", "2"], "--method nope: unknown; choose one of all, random"),
-    (["--method", "add-one-in", "--budget", "2"], "needs the local model runtime"),
-    (["--score", "judge", "--method", "top"], "needs the local model runtime"),
+    (["--method", "add-one-in", "--param", "batch=1", "--budget", "2"],
+     "--param batch=1: add-one-in shows 2 to 10 candidates per call"),
+    (["--score", "ifd", "--method", "top", "--model", "http://127.0.0.1:9/v1"],
+     "--score ifd needs an in-process GGUF model"),
     (["--where", "nosuch = 1"], "unknown field 'nosuch'"),
     (["--where", "instruction = "], "--where"),
     (["--dedup", "fuzzy"], "--dedup fuzzy: choose one of none, exact, near"),
@@ -96,10 +98,10 @@ def test_usage_errors_exit_2_with_one_sentence(xpkit, tmp_path, args, message):
     assert b"Traceback" not in res.stderr and res.stdout == b""
 
 
-def test_help_lists_methods_and_the_model_aware_ones_to_come(xpkit):
+def test_help_lists_methods_and_the_model_aware_ones(xpkit):
     res = xpkit("select-data", "--help", env={"COLUMNS": "200"})
     text = res.stdout.decode()
     for name in ("k-center", "facility-location", "mopps", "drive", "lead", "add-one-in",
                  "judge", "ifd", "perplexity", "--budget-tokens", "--export"):
         assert name in text
-    assert "coming with the model runtime" in text
+    assert "with --model: add-one-in" in text and "--model" in text

@@ -269,7 +269,8 @@ def test_builtins_register_through_the_hook_and_plugins_plug_in(alpaca):
             "lead", "add-one-in"} <= set(methods)
     assert {"length", "reward", "informative", "difficulty", "judge", "ifd",
             "perplexity"} <= set(scores)
-    assert not methods["add-one-in"].available and not scores["judge"].available
+    assert methods["add-one-in"].available and scores["judge"].available
+    assert all("model" in sel.needs for sel in (methods["add-one-in"], scores["ifd"]))
 
     class Shortest(Selector):
         name = "shortest"
@@ -294,9 +295,9 @@ def test_builtins_register_through_the_hook_and_plugins_plug_in(alpaca):
         assert max(len(r["output"]) for r in out) <= 5
     finally:
         pm.unregister(plugin)
-    with pytest.raises(UsageError, match="needs the local model runtime"):
-        run([alpaca], method="add-one-in", budget=5)
-    with pytest.raises(UsageError, match="needs the local model runtime"):
-        run([alpaca], method="top", score="ifd", budget=5)
+    with pytest.raises(UsageError, match="--param batch=1: add-one-in shows 2 to 10"):
+        run([alpaca], method="add-one-in", budget=5, params={"batch": "1"})
+    with pytest.raises(UsageError, match="--score ifd needs an in-process GGUF model"):
+        run([alpaca], method="top", score="ifd", budget=5, model="http://127.0.0.1:9/v1")
     with pytest.raises(UsageError, match="not a parameter"):
         run([alpaca], method="lead", budget=5, params={"nope": "1"})

@@ -10,6 +10,12 @@ system prompt is evaluated once per batch. (A separate ``LlamaRAMCache`` measure
 over this and costs time per call.) A JSON schema becomes a GBNF grammar
 (``LlamaGrammar.from_json_schema``, compiled once per schema) that constrains sampling.
 
+Token log-probabilities (``LlamaCppModel.token_logprobs``, for the IFD and perplexity
+scores of select-data): the same loaded model evaluates prefix + continuation with a batch
+that asks for logits only at the positions that predict continuation tokens, and the
+log-softmax is computed in ``xpkit.core.token_losses`` (an HTTP server gives no prompt
+log-probabilities, so only this backend has the method).
+
 Embeddings: a second ``Llama`` with ``embedding=True`` and *mean pooling* over the last
 hidden states of the text's tokens (stated choice: SmolLM2 and most chat GGUFs carry no
 pooling type of their own); several texts share one decode batch. Vectors are L2-normalized
@@ -230,6 +236,86 @@ class LlamaCppModel:
                              completion_tokens=usage.get("completion_tokens", 0),
                              finish_reason=choice.get("finish_reason") or "stop",
                              reused_tokens=reused)
+
+    def token_logprobs(self, prefix: Messages | str, continuation: str, *,
+                       max_continuation: int = 512) -> Any:
+        """Log-probabilities of ``continuation``'s tokens after ``prefix`` (chat messages,
+        rendered with the chat template up to the assistant header, or plain text after the
+        BOS token), from the raw logits of this model: see ``xpkit.core.token_losses``.
+
+        Only the positions that predict a continuation token output logits, a chunk at a
+        time; the KV cache keeps the longest prefix shared with the previous call (and
+        llama-cpp-python's bookkeeping of it stays valid for ``complete``).
+        """
+        from xpkit.core.token_losses import TokenLogprobs, fit_to_context
+
+        with self._lock:
+            if isinstance(prefix, str):
+                pre = self.llm.tokenize(prefix.encode("utf-8"), add_bos=True, special=False)
+                bos = self.llm.token_bos()
+                start = bos if bos != -1 else self.llm.token_eos()
+                if not pre or pre[0] != start:
+                    pre = [start, *pre]
+            else:
+                pre = list(self.tokens(prefix))
+            cont = self.llm.tokenize(continuation.encode("utf-8"), add_bos=False,
+                                     special=False)
+            pre, kept, cut = fit_to_context(pre, cont, self.n_ctx, max_continuation)
+            values = self._continuation_logprobs(pre, kept)
+        return TokenLogprobs(values, len(pre), len(cont), cut)
+
+    def _continuation_logprobs(self, prefix: list[int], cont: list[int]) -> Any:
+        import llama_cpp
+        import numpy as np
+
+        from xpkit.core.token_losses import LOGIT_CHUNK, logprobs_at
+
+        out = np.empty(len(cont), np.float32)
+        if not cont:
+            return out
+        llm = self.llm
+        seq = prefix + cont
+        first = len(prefix) - 1  # the position whose logits predict cont[0]
+        # The last token predicts nothing we score: evaluate seq[:-1] only.
+        todo = seq[:-1]
+        keep = min(_common_prefix(llm.input_ids[: llm.n_tokens], todo), first)
+        if not llm._ctx.kv_cache_seq_rm(-1, keep, -1):
+            llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+            keep = 0
+        llm.n_tokens = keep
+        llm._requires_eval = True  # the last logits are no longer the sampler's
+        chunk = max(1, min(LOGIT_CHUNK, llm.n_batch))
+        n_vocab = llm.n_vocab()
+        batch = llama_cpp.llama_batch_init(chunk, 0, 1)
+        try:
+            for lo in range(keep, len(todo), chunk):
+                hi = min(len(todo), lo + chunk)
+                wanted = []
+                for j, pos in enumerate(range(lo, hi)):
+                    batch.token[j] = todo[pos]
+                    batch.pos[j] = pos
+                    batch.n_seq_id[j] = 1
+                    batch.seq_id[j][0] = 0
+                    batch.logits[j] = pos >= first
+                    if pos >= first:
+                        wanted.append(pos)
+                batch.n_tokens = hi - lo
+                rc = llama_cpp.llama_decode(llm._ctx.ctx, batch)
+                if rc != 0:
+                    llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+                    llm.n_tokens = 0
+                    raise ModelError(f"llama.cpp could not evaluate {hi - lo} tokens "
+                                     f"(llama_decode returned {rc}).")
+                llm.input_ids[lo:hi] = todo[lo:hi]
+                llm.n_tokens = hi
+                if wanted:
+                    rows = np.ctypeslib.as_array(llama_cpp.llama_get_logits(llm._ctx.ctx),
+                                                 shape=(len(wanted), n_vocab))
+                    out[wanted[0] - first: wanted[-1] - first + 1] = logprobs_at(
+                        rows, [seq[p + 1] for p in wanted])
+        finally:
+            llama_cpp.llama_batch_free(batch)
+        return out
 
     def close(self) -> None:
         self.llm.close()
