@@ -75,6 +75,33 @@ def evaluate(
     at: Annotated[list[int] | None, typer.Option(
         "--at", help="Cut-offs k for --qrels metrics (repeatable). [default: 10, 100]",
         show_default=False)] = None,
+    subset: Annotated[int | None, typer.Option(
+        "--subset", min=1, help="Inputs are per-item results of many models (long rows of "
+                                "model, item, correct/score; or one row per item or per "
+                                "model): choose N items that predict a model's full score "
+                                "(tinyBenchmarks anchors) and report the error on held-out "
+                                "models against random subsets of N.",
+        show_default=False)] = None,
+    subset_method: Annotated[str, typer.Option(
+        "--subset-method", help="anchor (cluster items by their correctness pattern), "
+                                "anchor-irt, or random.")] = "anchor",
+    estimator: Annotated[str, typer.Option(
+        "--estimator", help="How a subset predicts the full score: calibrated (weighted, "
+                            "minus its bias on the training models), weighted (the paper's), "
+                            "pirt, gpirt (IRT-based).")] = "calibrated",
+    held_out: Annotated[float, typer.Option(
+        "--held-out", min=0.0, max=0.9, help="Fraction of the models held out to measure the "
+                                             "error (0: use all, measure nothing).")] = 0.2,
+    matrix_layout: Annotated[str, typer.Option(
+        "--matrix-layout", help="auto, long (model, item, value rows), items (a row per "
+                                "item, a column per model) or models (a row per model).")
+    ] = "auto",
+    value_range: Annotated[str | None, typer.Option(
+        "--value-range", help="LOW,HIGH of the matrix values when not 0..1 (AlpacaEval 2.0 "
+                              "preferences: 1,2).", show_default=False)] = None,
+    missing_value: Annotated[list[float] | None, typer.Option(
+        "--missing-value", help="A matrix value that means 'no result' (repeatable).",
+        show_default=False)] = None,
     task_field: Annotated[str | None, typer.Option(
         "--task-field", help="The task text (default: task, question, query, prompt, "
                              "instruction, input, problem, or the last user message).",
@@ -138,6 +165,7 @@ def evaluate(
       xpkit retrieve --store lib.duckdb < tasks.jsonl \\
         | xpkit evaluate --model default --ab --feedback --store lib.duckdb -o ab.jsonl
       xpkit retrieve --store cisi.duckdb --text query < q.jsonl | xpkit evaluate --qrels CISI.REL
+      xpkit evaluate results_by_model.csv --subset 100 --report subset.md -o tiny.jsonl
     """
     from xpkit.core.evaluate import DEFAULT_SYSTEM
     from xpkit.core.evaluate import evaluate as core_evaluate
@@ -164,7 +192,9 @@ def evaluate(
                 inputs or [], scorer=scorers or ["auto"], param=params, model=model,
                 judge_model=judge_model, ab=ab, compare=compare or [], gate=gate,
                 gate_tolerance=gate_tolerance, feedback=feedback, stream=stream,
-                stream_method=stream_method, qrels=qrels,
+                stream_method=stream_method, qrels=qrels, subset=subset,
+                subset_options=_subset_options(subset_method, estimator, held_out,
+                                               matrix_layout, value_range, missing_value),
                 at=at or [10, 100], store=store, task_field=task_field,
                 reference_field=reference_field, answer_field=answer_field,
                 id_field=id_field, context_field=context_field,
@@ -184,6 +214,22 @@ def evaluate(
     print_summary(data)
     if summary.rejects_path:
         err.print(f"evaluate: rejected records are in {summary.rejects_path}")
+
+
+def _subset_options(method: str, estimator: str, held_out: float, layout: str,
+                    value_range: str | None, missing: list[float] | None) -> dict[str, Any]:
+    opts: dict[str, Any] = {"method": method, "estimator": estimator, "held_out": held_out,
+                            "layout": layout}
+    if value_range is not None:
+        try:
+            low, high = (float(x) for x in value_range.split(","))
+        except ValueError:
+            raise typer.BadParameter(f"--value-range {value_range}: expected LOW,HIGH, e.g. "
+                                     "1,2.") from None
+        opts["value_range"] = (low, high)
+    if missing:
+        opts["missing_values"] = list(missing)
+    return opts
 
 
 def print_summary(s: dict[str, Any]) -> None:
@@ -221,6 +267,11 @@ def print_summary(s: dict[str, Any]) -> None:
                   f"({f.get('helpful', 0):,} helpful, {f.get('harmful', 0):,} harmful, "
                   f"{f.get('uses', 0):,} uses)"
                   + (f"; {f['units_missing']:,} not in the store" if f["units_missing"] else ""))
+    if s.get("subset"):
+        from xpkit.core.report import subset_lines
+
+        for line in subset_lines(s["subset"]):
+            err.print(line)
     if s.get("gate"):
         g = s["gate"]
         err.print(f"evaluate: gate {g['decision']} {g['units_file']} (with {g['score_with']} "

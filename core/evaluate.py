@@ -116,6 +116,7 @@ class EvaluateSummary:
     feedback: dict[str, Any] | None = None
     gate: dict[str, Any] | None = None
     curve: dict[str, list[float]] | None = None
+    subset: dict[str, Any] | None = None
     rejects_path: str | None = None
     run_id: str = ""
     notes: list[str] = field(default_factory=list)
@@ -141,6 +142,8 @@ class EvaluateSummary:
             out["gate"] = self.gate
         if self.curve is not None:
             out["curve"] = self.curve
+        if self.subset is not None:
+            out["subset"] = self.subset
         if self.notes:
             out["notes"] = self.notes
         out["run_id"] = self.run_id
@@ -496,6 +499,8 @@ def evaluate(
     stream_method: str = "exemplar",
     qrels: str | None = None,
     at: Sequence[int] = (10, 100),
+    subset: int | None = None,
+    subset_options: dict[str, Any] | None = None,
     store: str | None = None,
     task_field: str | None = None,
     reference_field: str = "reference",
@@ -522,10 +527,19 @@ def evaluate(
     """Evaluate the records of ``inputs`` in their arms and score them (see the module doc).
 
     With ``qrels``, the inputs are retrieval records instead, scored against the judgments
-    (recall@k, MRR, nDCG@k for every k of ``at``; see ``evaluate_retrieval``).
+    (recall@k, MRR, nDCG@k for every k of ``at``; see ``evaluate_retrieval``). With
+    ``subset``, they are a matrix of per-item results of many models, from which a small
+    representative item set is chosen (see ``evaluate_subset``).
     """
     from xpkit.core.store import RunLog, append_run
 
+    if subset is not None:
+        if model is not None or ab or compare or gate or feedback or qrels or stream:
+            raise UsageError("--subset chooses evaluation items from a correctness matrix; "
+                             "it does not run a model or combine with other modes.")
+        return evaluate_subset(inputs, n=subset, seed=seed, sink=sink,
+                               options=subset_options, run_args=run_args, store=store,
+                               on_notice=on_notice)
     if qrels is not None:
         if model is not None or ab or compare or gate or feedback:
             raise UsageError("--qrels scores retrieval records against judgments; it does not "
@@ -587,8 +601,7 @@ def evaluate(
                 summary.records += 1
                 if row.error is not None:
                     summary.rejected += 1
-                    quarantine.reject(file=row.file, line=row.line, unit=row.unit,
-                                      reason=row.error, field=row.field, raw=row.raw)
+                    quarantine.reject_row(row)
                     continue
                 rec = row.value or {}
                 try:
@@ -953,6 +966,46 @@ def evaluate_retrieval(inputs: Sequence[str], *, qrels: str, at: Sequence[int] =
         raise
     finally:
         quarantine.close()
+        run.counts = summary.counts()
+        if store is not None:
+            append_run(store, run, on_notice)
+    return summary
+
+
+def evaluate_subset(inputs: Sequence[str], *, n: int, seed: int = 0, sink: Sink | None = None,
+                    options: dict[str, Any] | None = None, run_args: dict[str, Any] | None = None,
+                    store: str | None = None, on_notice: Callable[[str], None] | None = None
+                    ) -> EvaluateSummary:
+    """Evaluation-subset selection (tinyBenchmarks; ``core.eval_subset``): choose ``n`` items
+    that predict a model's full-benchmark score, and measure the prediction error on held-out
+    models against random subsets of the same size.
+
+    ``options``: ``method``, ``estimator``, ``held_out``, ``repeats``, ``cluster_cap`` for
+    ``eval_subset``; ``layout``, ``model_field``, ``item_field``, ``value_field``,
+    ``value_range``, ``missing_values`` for ``load_matrix``. The rows handed to ``sink`` are
+    the chosen items (``item, weight, members, rank``); the summary's ``subset`` holds the
+    errors and each held-out model's predicted and true score.
+    """
+    from xpkit.core.eval_subset import eval_subset, load_matrix
+    from xpkit.core.store import RunLog, append_run
+
+    opts = dict(options or {})
+    load_keys = ("layout", "model_field", "item_field", "value_field", "value_range",
+                 "missing_values")
+    matrix = load_matrix(inputs, **{k: opts.pop(k) for k in load_keys if k in opts})
+    run = RunLog("evaluate", {**(run_args or {}), "subset": n})
+    summary = EvaluateSummary(run_id=run.run_id, scorer="subset")
+    try:
+        result = eval_subset(matrix, n=n, seed=seed, **opts)
+        summary.subset = result.to_summary()
+        summary.items = len(result.items)
+        summary.records = summary.items
+        if sink is not None:
+            sink(result.to_rows())
+    except BaseException as exc:
+        run.status, run.error = "failed", str(exc) or type(exc).__name__
+        raise
+    finally:
         run.counts = summary.counts()
         if store is not None:
             append_run(store, run, on_notice)

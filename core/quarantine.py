@@ -56,6 +56,11 @@ class Quarantine:
                                    | orjson.OPT_NON_STR_KEYS))
         self.count += 1
 
+    def reject_row(self, row: Any) -> None:
+        """Quarantine a ``core.io.SourceRow`` that could not be read (its ``error`` is set)."""
+        self.reject(file=row.file, line=row.line, unit=row.unit, reason=row.error,
+                    field=row.field, raw=row.raw)
+
     def close(self) -> None:
         if self._f is not None:
             self._f.close()

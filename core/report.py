@@ -116,6 +116,19 @@ def top_units(summary: dict[str, Any], n: int = 10) -> list[list[str]]:
             for uid, c in ranked[:n]]
 
 
+def subset_lines(sub: dict[str, Any]) -> list[str]:
+    """The evaluation-subset result in a few sentences (figures in points of score)."""
+    lines = [f"subset: {sub['n']} of {sub['n_items']} items ({sub['method']}, estimator "
+             f"{sub['estimator']}), chosen on {sub['n_train']} models"]
+    if sub.get("mae") is not None:
+        lines.append(f"mean absolute error of the predicted full score on {sub['n_held_out']} "
+                     f"held-out models: {100 * sub['mae']:.2f} points (max "
+                     f"{100 * sub['max_abs_error']:.2f}); random subsets of the same size: "
+                     f"{100 * sub['mae_random_mean']:.2f} ± {100 * sub['mae_random_std']:.2f} "
+                     f"over {sub['repeats']} draws")
+    return lines
+
+
 def _is_retrieval(summary: dict[str, Any]) -> bool:
     return summary.get("scorer") == "retrieval"
 
@@ -132,8 +145,14 @@ def markdown(summary: dict[str, Any]) -> str:
     if summary.get("model"):
         meta.append(f"model: {summary['model']}")
     lines += [", ".join(meta), ""]
-    lines += table(RETRIEVAL_HEADER if _is_retrieval(summary) else ARM_HEADER,
-                   arm_rows(summary))
+    if summary.get("subset"):
+        lines += [*subset_lines(summary["subset"]), "",
+                  *table(["model", "true", "predicted", "error"],
+                         [[p["model"], _fmt(p["true"]), _fmt(p["predicted"]), _fmt(p["error"])]
+                          for p in summary["subset"].get("predictions", [])])]
+    else:
+        lines += table(RETRIEVAL_HEADER if _is_retrieval(summary) else ARM_HEADER,
+                       arm_rows(summary))
     if summary.get("comparisons"):
         lines += ["## Paired comparisons", "", *table(COMPARE_HEADER, comparison_rows(summary))]
     if summary.get("gate"):

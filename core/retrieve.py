@@ -801,8 +801,7 @@ def retrieve(
                     summary.queries += 1
                     if row.error is not None:
                         summary.rejected += 1
-                        quarantine.reject(file=row.file, line=row.line, unit=row.unit,
-                                          reason=row.error, field=row.field, raw=row.raw)
+                        quarantine.reject_row(row)
                         continue
                     try:
                         texts.append(_query_text(row.value or {}, text_field, lib.level.name))

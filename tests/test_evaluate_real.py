@@ -118,3 +118,26 @@ def test_ab_with_the_real_model_pairs_items_and_credits_units(tmp_path, xpkit):
     uses = sum(len(r["_eval"]["arms"]["context"].get("units", [])) for r in rows)
     assert sum(u["uses"] for u in summary["units"].values()) == uses == 4
     assert summary["feedback"]["units_updated"] == len(summary["units"])
+
+
+def test_subset_selection_through_the_cli_on_alpacaeval(shared_data, tmp_path, xpkit):
+    """tinyBenchmarks anchors on the real AlpacaEval 2.0 matrix (58 models x 805 items):
+    the CLI writes the chosen items with weights that sum to 1, and the report carries the
+    held-out error next to random subsets of the same size."""
+    matrix = (shared_data / "alpaca_eval"
+              / "preference_matrix_weighted_alpaca_eval_gpt4_turbo.csv")
+    out, report = tmp_path / "subset.jsonl", tmp_path / "subset.json"
+    res = xpkit("evaluate", str(matrix), "--subset", "100", "--value-range", "1,2",
+                "-o", str(out), "--report", str(report))
+    assert res.returncode == 0, res.stderr
+    rows = read_jsonl(out)
+    sub = json.loads(report.read_text())["subset"]
+    assert len(rows) == len({r["item"] for r in rows}) == sub["n"] == 100
+    assert sum(r["weight"] for r in rows) == pytest.approx(1.0)
+    assert sum(r["members"] for r in rows) == sub["n_items"] == 805
+    assert sub["n_held_out"] + sub["n_train"] == sub["n_models"]
+    assert sub["mae"] == pytest.approx(
+        sum(abs(p["error"]) for p in sub["predictions"]) / len(sub["predictions"]))
+    assert "held-out models" in res.stderr.decode()
+    bad = xpkit("evaluate", str(matrix), "--subset", "100")
+    assert bad.returncode == 1 and "--value-range" in bad.stderr.decode()
