@@ -38,11 +38,12 @@ def select_data(
                        "prompt, response, or a field path.")] = "all",
     dedup: Annotated[str, typer.Option(
         "--dedup", help="none, exact (normalised text hash) or near (exact, then MinHash "
-                        "LSH candidates verified by true Jaccard similarity).")] = "exact",
+                        "LSH candidates verified by true Jaccard similarity; texts of up to "
+                        "64 words must also be within max(2, 10%) word edits).")] = "exact",
     near_dup_threshold: Annotated[float, typer.Option(
         "--near-dup-threshold", help="Jaccard similarity of the shingle sets (character "
                                      "trigrams and words) at which two records are near "
-                                     "duplicates whatever their difference.")] = 0.85,
+                                     "duplicates however many shingles differ.")] = 0.85,
     near_dup_diff: Annotated[int, typer.Option(
         "--near-dup-diff", help="Also near duplicates: shingle sets that differ by at most N "
                                 "shingles (about one dropped or two swapped words, at any "

@@ -81,18 +81,35 @@ _POLY = 0x100000001B3  # odd, so invertible modulo 2**64
 _WORD_TAG = 0x5BD1E995
 
 
-def _word_hashes(buf: Any, starts: Any, lengths: Any) -> tuple[Any, Any]:
-    """(document, 32-bit hash) of every word (maximal run of word bytes) of every text.
+_POWERS: list[tuple[Any, Any]] = []  # the cached tables, replaced whole when they grow
+_POWERS_CACHED = 1 << 22  # entries: two 32 MB tables at most stay in memory
 
-    A word's hash is a polynomial hash of its bytes, taken from prefix sums modulo 2**64
-    (``sum b[k] P^k`` over the run, shifted back by ``P^-start``), then mixed.
-    """
+
+def _powers(size: int) -> tuple[Any, Any]:
+    """``P**k`` and ``P**-k`` modulo 2**64 for ``k < size`` (cumulative products are a third
+    of the cost of hashing words, so tables up to ``_POWERS_CACHED`` are kept)."""
     import numpy as np
 
-    total = int(lengths.sum())
-    isw = np.frombuffer(_WORD_BYTES, np.uint8)[buf[:total].astype(np.uint8)].astype(bool)
-    if not isw.any():
-        return np.zeros(0, np.int64), np.zeros(0, np.uint64)
+    if _POWERS and _POWERS[-1][0].size >= size:
+        return _POWERS[-1]
+    n = size if size > _POWERS_CACHED else min(max(size, 1 << 16) * 2, _POWERS_CACHED)
+    powers = np.full(n, _POLY, np.uint64)
+    powers[0] = 1
+    powers = np.cumprod(powers, dtype=np.uint64)
+    inv = np.full(n, pow(_POLY, -1, 1 << 64), np.uint64)
+    inv[0] = 1
+    inv = np.cumprod(inv, dtype=np.uint64)
+    if n <= _POWERS_CACHED:
+        _POWERS[:] = [(powers, inv)]
+    return powers, inv
+
+
+def _runs(isw: Any, starts: Any, lengths: Any) -> tuple[Any, Any]:
+    """First and last byte of every maximal run of true ``isw``, runs never crossing from
+    one text into the next."""
+    import numpy as np
+
+    total = isw.size
     doc_start = np.zeros(total, bool)
     doc_start[starts[lengths > 0]] = True
     prev = np.concatenate(([False], isw[:-1])) & ~doc_start
@@ -102,18 +119,93 @@ def _word_hashes(buf: Any, starts: Any, lengths: Any) -> tuple[Any, Any]:
     ends = starts + lengths - 1
     doc_end[ends[lengths > 0]] = True
     last = np.flatnonzero(isw & ~(nxt & ~doc_end))
-    powers = np.full(total + 1, _POLY, np.uint64)
-    powers[0] = 1
-    powers = np.cumprod(powers, dtype=np.uint64)
-    inv = np.full(total + 1, pow(_POLY, -1, 1 << 64), np.uint64)
-    inv[0] = 1
-    inv = np.cumprod(inv, dtype=np.uint64)
-    prefix = np.zeros(total + 1, np.uint64)
-    np.cumsum(buf[:total] * powers[:total], out=prefix[1:])
+    return first, last
+
+
+def _prefix_hashes(buf: Any) -> tuple[Any, Any]:
+    """Prefix sums ``sum b[k] P^k`` (modulo 2**64) of the bytes, and the ``P^-k`` table that
+    shifts a span's sum back to its start (``_span_hashes``)."""
+    import numpy as np
+
+    powers, inv = _powers(buf.size + 1)
+    prefix = np.zeros(buf.size + 1, np.uint64)
+    np.cumsum(buf * powers[:buf.size], out=prefix[1:])
+    return prefix, inv
+
+
+def _span_hashes(prefix: Any, inv: Any, first: Any, last: Any, bits: int = 32) -> Any:
+    """A ``bits``-bit polynomial hash of the bytes ``first..last`` of each span, mixed."""
+    import numpy as np
+
     h = (prefix[last + 1] - prefix[first]) * inv[first]
-    h = _mix64(h ^ np.uint64(_WORD_TAG)) >> np.uint64(32)
+    return _mix64(h ^ np.uint64(_WORD_TAG)) >> np.uint64(64 - bits)
+
+
+def _word_hashes(buf: Any, starts: Any, lengths: Any) -> tuple[Any, Any]:
+    """(document, 32-bit hash) of every word (maximal run of word bytes) of every text."""
+    import numpy as np
+
+    total = int(lengths.sum())
+    isw = np.frombuffer(_WORD_BYTES, np.uint8)[buf[:total].astype(np.uint8)].astype(bool)
+    first, last = _runs(isw, starts, lengths)
+    if first.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.uint64)
+    h = _span_hashes(*_prefix_hashes(buf[:total]), first, last)
     doc = np.searchsorted(starts, first, side="right") - 1
     return doc.astype(np.int64), h
+
+
+_NOT_SPACE = bytes(0 if b in b" \t\n\r\x0b\x0c" else 1 for b in range(256))
+
+
+def word_sequences(texts: Sequence[str], max_words: int | None = None
+                   ) -> tuple[tuple[Any, Any], tuple[Any, Any]]:
+    """The words of each text in order, as 64-bit hashes, two ways: as written (separated by
+    whitespace, each without the punctuation around it: "week." is "week", "(ip3)" is
+    "ip3", a token of punctuation alone stays itself) and as runs of letters and digits
+    (the words of ``shingle_hashes``: "it's" and "4**3" are two each).
+
+    Returns two CSR pairs ``(values, offsets)``: text ``i``'s words are
+    ``values[offsets[i]:offsets[i + 1]]``. With ``max_words``, a text with more words as
+    written gets none either way (its offsets span nothing), so callers that only need short
+    texts' words keep memory at the size of those.
+    """
+    import numpy as np
+
+    count = len(texts)
+    blobs = [t.encode("utf-8", "surrogatepass") for t in texts]
+    lengths = np.fromiter((len(b) for b in blobs), np.int64, count)
+    raw = np.frombuffer(b"".join(blobs), np.uint8)
+    if raw.size == 0:
+        empty = (np.zeros(0, np.uint64), np.zeros(count + 1, np.int64))
+        return empty, empty
+    buf = raw.astype(np.uint64)
+    starts = np.zeros(count, np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
+    prefix, inv = _prefix_hashes(buf)
+    isw = np.frombuffer(_WORD_BYTES, np.uint8)[raw].astype(bool)
+    first, last = _runs(np.frombuffer(_NOT_SPACE, np.uint8)[raw].astype(bool), starts, lengths)
+    doc = np.searchsorted(starts, first, side="right") - 1
+    rf, rl = _runs(isw, starts, lengths)  # a run of word bytes lies within one token
+    token_of_run = np.searchsorted(first, rf, side="right") - 1
+    keep = np.ones(count, bool)
+    if max_words is not None:
+        keep = np.bincount(doc, minlength=count) <= max_words
+    # Trim each token to its first and last word byte, if it has one.
+    if rf.size:
+        runs_in = np.bincount(token_of_run, minlength=first.size)
+        end = np.cumsum(runs_in)
+        has = runs_in > 0
+        first = np.where(has, rf[np.minimum(end - runs_in, rf.size - 1)], first)
+        last = np.where(has, rl[np.maximum(end - 1, 0)], last)
+
+    def pack(f: Any, la: Any, d: Any) -> tuple[Any, Any]:
+        sel = keep[d]
+        offsets = np.zeros(count + 1, np.int64)
+        np.cumsum(np.bincount(d[sel], minlength=count), out=offsets[1:])
+        return _span_hashes(prefix, inv, f[sel], la[sel], 64), offsets
+
+    return pack(first, last, doc), pack(rf, rl, doc[token_of_run])
 
 
 def shingle_hashes(texts: Sequence[str], n: int = 3, *, words: bool = True,

@@ -8,9 +8,9 @@ The stages compose in one fixed order:
    ``--where`` condition in xpkit's filter language (the one ``retrieve`` uses), compiled
    to parameterised SQL and run by DuckDB over the items, never by Python ``eval``;
 3. **dedup**: exact (normalised text hash), then near-duplicates (MinHash LSH over character
-   trigrams and words, candidates verified on their true shingle sets, ``xpkit.core.dedup``),
-   keeping the best member of each group (a success over a failure, a higher reward, then
-   the first seen);
+   trigrams and words, candidates verified on their true shingle sets and, for short texts,
+   their word edits, ``xpkit.core.dedup``), keeping the best member of each group (a
+   success over a failure, a higher reward, then the first seen);
 4. **method**: a registered selector ranks the remaining candidates (random, top by a
    score, k-center, facility location, MoPPS, DRIVE, LEAD ...), within each stratum of
    ``--stratify``;

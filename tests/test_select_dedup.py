@@ -227,8 +227,11 @@ def test_gpteacher_dedup_levels_agree_with_our_near_duplicates(shared_data, tmp_
     theirs = {i + 1 for i, r in enumerate(full)
               if (r["instruction"], r["input"], r["output"]) not in kept9}
     both = len(ours & theirs)
-    assert both / len(ours) >= 0.8, (both, len(ours))  # measured 0.88
-    assert both / len(theirs) >= 0.7, (both, len(theirs))  # measured 0.77 (theirs is looser)
+    assert both / len(ours) >= 0.9, (both, len(ours))  # measured 0.94
+    # Measured 0.75: theirs is looser, it also merges rewordings of these templated answers
+    # ("The content of the artificial intelligence Wikipedia page is request(...)" / "The
+    # content of the Wikipedia page on Artificial Intelligence is request(...)").
+    assert both / len(theirs) >= 0.7, (both, len(theirs))
 
 
 def test_kept_member_is_the_best_scored(tmp_path):
@@ -246,3 +249,77 @@ def test_kept_member_is_the_best_scored(tmp_path):
     assert [r["success"] for r in out] == [True, False]
     assert out[0]["_select"]["duplicates"] == 1
     assert fates(report)[1]["status"] == "duplicate" and kept_line(fates(report)[1]) == 2
+
+
+# Real records (FEVER claims, GSM8K solution lines, Dolly and GPTeacher answers) that share
+# most of their characters, so the shingle rules alone merge every pair. The first are a
+# word dropped, replaced or two swapped, or spacing and punctuation; the others differ by
+# three words or more in a short text: a different claim or sentence, not a near duplicate.
+SAME = [
+    ("Fidel Castro transferred his responsibilities to his brother.",
+     "Fidel Castro transferred his responsibilities to brother."),
+    ("The Cry of the Owl is based on the book by Patricia Highsmith.",
+     "The Cry of the Owl is based on the book by Highsmith Patricia."),
+    ("Here is a summary of the Battle of Waterloo: wikipedia('Battle of Waterloo').",
+     "Here's a summary of the Battle of Waterloo: wikipedia('Battle of Waterloo')"),
+    ("There are python('60 * 60 * 24') seconds in a day.",
+     "There are python('60*60*24') seconds in a day."),
+    ("Therefore, Mason eats 20 + 10 = <<20+10=30>>30 carrots a week.",
+     "Therefore, Mason eats 20 + 10 = <<20+10=30>>30 carrots each week."),
+]
+APART = [
+    ("The Cry of the Owl is based on the book The Hobbit.",
+     "The Cry of the Owl is based on the book The Cry of the Owl."),
+    ("Fist of Legend is a remake.", "Fist of Legend is a remake of Fist of Fury."),
+    ("The Palace of Caserta is near Naples.", "Naples is near the Palace of Caserta."),
+    ("He or she decided it was time to leave.", "We decided it was time to leave."),
+    ("There are a total of 7 x 8 = <<7*8=56>>56 slices of pizza.",
+     "There are 7 x 8 = <<7*8=56>>56 slices of pizza."),
+    ("The debut album of a hip hop recording artist is Excuse My French.",
+     "Excuse My French is the debut album of a hip hop recording artist."),
+]
+
+
+def near_pairs(texts: list[str], params) -> set[tuple[int, int]]:
+    import numpy as np
+
+    from xpkit.core.dedup import near_duplicates, normalize, signatures_for
+
+    norm = [normalize(t) for t in texts]
+    kept_of, _, _ = near_duplicates(signatures_for(norm, params), lambda idx: [
+        norm[i] for i in idx], np.arange(len(norm)), np.ones(len(norm), bool), params)
+    return {(int(k), i) for i, k in enumerate(kept_of.tolist()) if k >= 0}
+
+
+def test_short_texts_a_few_words_apart_are_not_near_duplicates():
+    from dataclasses import replace
+
+    from xpkit.core.dedup import NearDupParams
+
+    texts = [t for pair in SAME + APART for t in pair]
+    same = {(2 * i, 2 * i + 1) for i in range(len(SAME))}
+    apart = {(2 * i, 2 * i + 1) for i in range(len(SAME), len(SAME) + len(APART))}
+    params = NearDupParams()
+    assert near_pairs(texts, params) == same
+    # Without the word-edit check the shingle rules merge them all.
+    assert near_pairs(texts, replace(params, edit_check_words=0)) == same | apart
+
+
+def test_word_edit_distance_is_levenshtein_over_words():
+    from xpkit.core.dedup import word_edit_distance
+
+    def levenshtein(a: list[str], b: list[str]) -> int:
+        prev = list(range(len(b) + 1))
+        for i, u in enumerate(a, 1):
+            cur = [i]
+            for j, v in enumerate(b, 1):
+                cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (u != v)))
+            prev = cur
+        return prev[-1]
+
+    rng = random.Random(3)
+    for _ in range(3000):
+        a = [rng.choice("abcde") for _ in range(rng.randrange(90))]  # past 64 bits too
+        b = ([w for w in a if rng.random() < 0.9] if rng.random() < 0.5 else
+             [rng.choice("abcde") for _ in range(rng.randrange(90))])
+        assert word_edit_distance(a, b) == levenshtein(a, b)

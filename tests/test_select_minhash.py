@@ -17,6 +17,7 @@ from xpkit.core.minhash import (
     lsh_candidates,
     normalize,
     shingle_hashes,
+    word_sequences,
 )
 
 TEXTS = [
@@ -49,6 +50,36 @@ def test_shingles_are_the_distinct_byte_ngrams(n):
         got = values[offsets[i]:offsets[i + 1]]
         assert len(got) == len(grams(t, n))  # distinct, one hash per n-gram (no collisions)
         assert np.all(np.diff(got.astype(np.int64)) > 0)  # sorted and distinct
+
+
+def words_by_definition(text: str) -> tuple[list[bytes], list[bytes]]:
+    """Words as written (whitespace-separated, trimmed to their first and last letter or
+    digit when they have one) and runs of letters and digits."""
+    written = []
+    for token in text.encode().split():
+        runs = list(WORD.finditer(token))
+        written.append(token[runs[0].start():runs[-1].end()] if runs else token)
+    return written, WORD.findall(text.encode())
+
+
+@pytest.mark.parametrize("max_words", [None, 3])
+def test_word_sequences_are_the_words_in_order(max_words):
+    rng = random.Random(4)
+    texts = [*TEXTS, "the week. (ip3) - =", "$<<2*2=4>>4 pages.", "4**3 and 4 ** 3",
+             "it's its", "a\tb\nc  d"]
+    texts += ["".join(rng.choice("ab .,'()-*\t") for _ in range(rng.randrange(30)))
+              for _ in range(500)]
+    (wv, wo), (rv, ro) = word_sequences(texts, max_words)
+    ids: dict[bytes, int] = {}
+    for i, t in enumerate(texts):
+        written, runs = words_by_definition(t)
+        if max_words is not None and len(written) > max_words:
+            written, runs = [], []
+        for got, want in ((wv[wo[i]:wo[i + 1]], written), (rv[ro[i]:ro[i + 1]], runs)):
+            assert len(got) == len(want), t
+            for g, w in zip(got.tolist(), want, strict=True):
+                assert ids.setdefault(w, g) == g  # one hash per word, the same everywhere
+    assert len(set(ids.values())) == len(ids)  # and no two words share one
 
 
 def test_jaccard_pairs_match_python_sets():
