@@ -6,6 +6,10 @@ process and reused (that is the runtime's own rule).
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import orjson
 import pytest
@@ -91,6 +95,54 @@ def test_embeddings_put_a_paraphrase_closer_than_an_unrelated_sentence():
     assert np.array_equal(again.embed(["The stock market closed lower on Friday after weak "
                                        "earnings."])[0], v[2])
     assert again.stats.embedded == 0
+
+
+def test_the_embedder_loads_llama_cpp_with_passive_openmp_waiting():
+    # libgomp reads OMP_WAIT_POLICY once, when llama.cpp's library loads; the embedder used
+    # to import llama_cpp before it was set, and its spinning threads made embedding 3-20x
+    # slower on a busy CPU. A fresh process, so that nothing else has imported llama_cpp.
+    code = (
+        "import os, sys\n"
+        "seen = []\n"
+        "class Spy:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'llama_cpp':\n"
+        "            seen.append(os.environ.get('OMP_WAIT_POLICY'))\n"
+        "sys.meta_path.insert(0, Spy())\n"
+        "from xpkit.core.embeddings import get_embedder\n"
+        "get_embedder(no_cache=True).handle\n"
+        "print(seen)\n")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "['PASSIVE']"
+
+
+def test_texts_batched_together_embed_as_they_do_alone():
+    # 64-token decodes force several per call. llama.cpp mean-pools per micro-batch, so a
+    # text split across two would get the mean of its tail: each decode must be one.
+    texts = [f"Note {i}: the {w} was left on the {p} in the kitchen, next to the bread."
+             for i, (w, p) in enumerate([("key", "table"), ("apple", "shelf"), ("cup", "sink"),
+                                         ("knife", "board"), ("towel", "chair")])]
+    settings = {"no_cache": True, "embed_ctx": 64, "embed_batch_tokens": 64}
+    emb = get_embedder(**settings)
+    together = emb.embed(texts)
+    llm = emb.handle.llm
+    assert llm.n_batch == llm.context_params.n_ubatch == 64
+    assert sum(len(llm.tokenize(t.encode())) for t in texts) > 64
+    alone = np.stack([get_embedder(**settings).embed([t])[0] for t in texts])
+    assert np.abs(together - alone).max() < 1e-4
+
+
+def test_embedding_decode_size_on_cpu_is_capped_at_512_tokens():
+    from xpkit.core.config import Settings
+    from xpkit.plugins.backends.llama_cpp import embed_batch_tokens
+
+    assert embed_batch_tokens(Settings(embed_batch_tokens=2048)) == 512
+    assert embed_batch_tokens(Settings(embed_ctx=1024)) == 1024  # one whole text fits
+    assert embed_batch_tokens(Settings(embed_batch_tokens=128, embed_ctx=64)) == 128
+    assert embed_batch_tokens(Settings(n_gpu_layers=99, embed_batch_tokens=2048)) == 2048
 
 
 def test_cli_models_checks_that_the_default_loads():

@@ -18,11 +18,16 @@ log-probabilities, so only this backend has the method).
 
 Embeddings: a second ``Llama`` with ``embedding=True`` and *mean pooling* over the last
 hidden states of the text's tokens (stated choice: SmolLM2 and most chat GGUFs carry no
-pooling type of their own); several texts share one decode batch. Vectors are L2-normalized
-by ``xpkit.core.embeddings``.
+pooling type of their own); several whole texts share one decode batch, which is always a
+single micro-batch (``n_ubatch == n_batch``: llama.cpp pools per micro-batch, so a text split
+across two would get the mean of its tail only). On CPU a batch holds at most
+``max(embed_ctx, 512)`` tokens: the texts of a batch attend over the whole batch (masked), so
+2,048-token batches measured 1.2-1.3x more CPU per token than 512 for the same vectors.
+In embedding mode llama.cpp also computes every position's vocabulary logits (no API skips
+them): about a fifth of the cost. Vectors are L2-normalized by ``xpkit.core.embeddings``.
 
 Threads: ``threads`` (0: all cores) for both prompt evaluation and generation, with
-OpenMP's passive waiting (see ``load_llama``).
+OpenMP's passive waiting (see ``import_llama_cpp``).
 
 CPU buffers: llama.cpp's "extra" weight buffer types (AMX, repacking) are skipped when the
 CPU advertises AMX, unless ``cpu_extra_buffers = "on"``: on VMs that advertise AMX without
@@ -111,17 +116,25 @@ def _quiet() -> Iterator[None]:
         os.close(devnull)
 
 
-def load_llama(path: str, settings: Settings, **kwargs: Any) -> Any:
-    """Construct a ``llama_cpp.Llama`` with xpkit's settings; load failures -> ``ModelError``.
+def import_llama_cpp() -> Any:
+    """``llama_cpp``, imported with OpenMP's passive waiting.
 
     OpenMP worker threads are made to sleep rather than spin while waiting
-    (``OMP_WAIT_POLICY=PASSIVE`` unless the user set it; it is read when llama.cpp's library
-    is first loaded): on a shared or oversubscribed CPU, spinning threads measured here
-    0.4 generated tokens/s against 7.7 with passive waiting, with 2 threads on 2 busy cores.
+    (``OMP_WAIT_POLICY=PASSIVE`` unless the user set it). libgomp reads it once, when
+    llama.cpp's library is first loaded, so every import here goes through this function:
+    on a shared or oversubscribed CPU, spinning threads measured 0.4 generated tokens/s
+    against 7.7 with passive waiting (2 threads on 2 busy cores), and embedding a short text
+    took 0.8-6 CPU-seconds against 0.33 (the embedder used to import llama_cpp first).
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import llama_cpp
 
+    return llama_cpp
+
+
+def load_llama(path: str, settings: Settings, **kwargs: Any) -> Any:
+    """Construct a ``llama_cpp.Llama`` with xpkit's settings; load failures -> ``ModelError``."""
+    llama_cpp = import_llama_cpp()
     threads = settings.threads or os.cpu_count() or 1
     options: dict[str, Any] = {"n_ctx": settings.ctx, "n_gpu_layers": settings.n_gpu_layers,
                                "n_threads": threads, "n_threads_batch": threads,
@@ -340,17 +353,34 @@ class LlamaCppBackend:
         return LlamaCppModel(spec, settings)
 
 
+CPU_EMBED_BATCH = 512
+"""Most tokens per embedding decode on CPU (unless one text's window needs more)."""
+
+
+def embed_batch_tokens(settings: Settings) -> int:
+    """Tokens per embedding decode: room for one whole text, several short ones per batch.
+
+    On CPU, ``embed_batch_tokens`` above ``CPU_EMBED_BATCH`` buys nothing: the cost is linear
+    in tokens, and attention over a larger packed batch only adds masked work.
+    """
+    n = settings.embed_batch_tokens
+    if settings.n_gpu_layers == 0:
+        n = min(n, CPU_EMBED_BATCH)
+    return max(settings.embed_ctx, n)
+
+
 class LlamaCppEmbedModel:
     """A GGUF model loaded for embeddings: mean pooling, several texts per decode batch."""
 
     pooling = "mean"
 
     def __init__(self, spec: ModelSpec, settings: Settings) -> None:
-        import llama_cpp
-
-        n = max(settings.embed_ctx, settings.embed_batch_tokens)
+        mean = import_llama_cpp().LLAMA_POOLING_TYPE_MEAN
+        n = embed_batch_tokens(settings)
+        # n_ubatch == n_batch: llama-cpp-python's embed() packs whole texts into n_batch
+        # tokens, and each decode must be one micro-batch for the mean pooling to be right.
         self.llm = load_llama(spec.location, settings, embedding=True, n_ctx=n, n_batch=n,
-                              n_ubatch=n, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN)
+                              n_ubatch=n, pooling_type=mean)
         self.dim = self.llm.n_embd()
         self.max_tokens = min(settings.embed_ctx, self.llm._model.n_ctx_train())
         self._lock = threading.Lock()
