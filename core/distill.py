@@ -32,6 +32,13 @@ from typing import Any, ClassVar
 
 from xpkit.core.errors import RecordError, StrictModeError, UsageError
 from xpkit.core.library import DEFAULT_THRESHOLD, content_words, evict, grow, merge_shards
+from xpkit.core.llm import (
+    OutputCheck,
+    Request,
+    find_copied_example,
+    find_degenerate_text,
+    form_example,
+)
 from xpkit.core.quarantine import Quarantine, default_rejects_path
 from xpkit.core.store import RunLog, Store
 from xpkit.core.units import provenance
@@ -85,14 +92,12 @@ class Distiller:
     def render(self, job: Job, schema: dict[str, Any], options: DistillOptions,
                **values: str) -> Any:
         """Fill this distiller's template and build the runtime request."""
-        from xpkit.core.llm import Request, form_example
-
         system, user = load_template(self.template)
-        fill = {"form": form_example(schema), "granularity": GRANULARITY_TEXT[
-            options.granularity], **values}
+        form = form_example(schema)
+        fill = {"form": form, "granularity": GRANULARITY_TEXT[options.granularity], **values}
         job.prompt = Template(user).substitute(fill)
         return Request(job.prompt, system=Template(system).substitute(fill), schema=schema,
-                       max_tokens=self.max_tokens)
+                       max_tokens=self.max_tokens, check=output_check(form, job.prompt))
 
     def evidence(self, job: Job, labels: Iterable[str]) -> list[dict[str, Any]]:
         """Map episode labels cited by the model to episode ids; unknown labels reject."""
@@ -118,6 +123,24 @@ class Distiller:
 
     def provenance(self, job: Job, model: str | None) -> dict[str, Any]:
         return provenance(self.name, model if self.needs_model else None, job.prompt or None)
+
+
+def output_check(form: str, source: str) -> OutputCheck:
+    """The content test every model distiller's output passes before it becomes units: it
+    copies nothing from the prompt's ``form`` example (a placeholder, or a placeholder's
+    description as the answer; quoting ``source``, the episodes, is fine) and no text is
+    caught in a repetition loop. A failure is retried with sampling, then rejected with the
+    raw text (small models fill in the form's placeholders rather than answer)."""
+    def test(data: Any) -> str | None:
+        copied = find_copied_example(data, form, source=source)
+        if copied:
+            return f"copies the prompt's form instead of answering: {copied[0]!r}"
+        loops = find_degenerate_text(data)
+        if loops:
+            return f"text caught in a repetition loop: {loops[0][:80]!r}"
+        return None
+
+    return OutputCheck("distill-output/1", test)
 
 
 GRANULARITY_TEXT = {

@@ -13,10 +13,11 @@ Backends are plugins (hook ``register_backends``); the built-ins are
 **Calls** (``LLM.run``, ``generate``, ``structured``): temperature 0 by default. With a JSON
 schema the backend constrains decoding (llama.cpp: a GBNF grammar compiled from the schema;
 servers: ``response_format``) and every output is parsed and validated with ``jsonschema``
-before anyone sees it. Invalid output is retried at most ``retries`` times — with twice the
-``max_tokens`` when it was cut off, else with a little sampling temperature and a new seed
-(at temperature 0 the same prompt would give the same output) — and then reported as a
-``Rejection`` carrying the raw text, never as data.
+before anyone sees it, then by the request's ``OutputCheck`` if it has one (a content test
+such as "copies no placeholder of the prompt"). Invalid output is retried at most
+``retries`` times — with twice the ``max_tokens`` when it was cut off, else with a little
+sampling temperature and a new seed (at temperature 0 the same prompt would give the same
+output) — and then reported as a ``Rejection`` carrying the raw text, never as data.
 
 **Throughput**: one loaded model per process and options, reused across calls; in a batch,
 cache hits are answered first and the misses are ordered by their messages so consecutive
@@ -31,7 +32,9 @@ overflows and server failures are never cached.
 
 **Prompts**: small models copy literal examples. ``form_example`` renders an example that
 shows only the form (placeholders from the schema's descriptions), and
-``find_copied_example`` checks an output for text copied from an example.
+``find_copied_example`` checks an output for text copied from an example,
+``find_degenerate_text`` for repetition loops; a request's ``OutputCheck`` runs such tests
+inside the retry loop.
 """
 
 from __future__ import annotations
@@ -306,6 +309,16 @@ def as_messages(prompt: str | Messages, system: str | None = None) -> Messages:
     return messages
 
 
+@dataclass(frozen=True)
+class OutputCheck:
+    """A named test of a call's validated output: ``test(data)`` is ``None`` when the output
+    is usable, else the reason it is not. ``name`` (with a version) is part of the cache
+    key, so that changing a check never serves outputs checked by the old one."""
+
+    name: str
+    test: Callable[[Any], str | None]
+
+
 @dataclass
 class Request:
     """One model call. ``prompt`` is the user's text or full chat messages."""
@@ -318,6 +331,9 @@ class Request:
     overflow: str = "reject"
     """What to do when the prompt does not fit: ``reject`` or ``truncate`` (the rule in
     ``core.tokens.fit_messages``)."""
+    check: OutputCheck | None = None
+    """A content check run on schema-valid data: a failure is retried like a schema
+    violation, and rejects the call when the retries run out."""
 
     def messages(self) -> Messages:
         return as_messages(self.prompt, self.system)
@@ -494,6 +510,8 @@ class LLM:
             params["retries"] = s.retries
         if request.overflow == "truncate":
             params["ctx"] = s.ctx  # where the cut falls depends on the window
+        if request.check is not None:
+            params["check"] = request.check.name
         return cache_key("response", self.spec.identity,
                          {"messages": request.messages(), "params": params,
                           # as text: property order shapes the output (grammar order)
@@ -649,6 +667,8 @@ class LLM:
             if request.schema is None:
                 return done
             data, error = validate_json(raw.text, request.schema)
+            if error is None and request.check is not None:
+                error = request.check.test(data)
             if error is None:
                 done.data = data
                 return done
@@ -666,7 +686,7 @@ class LLM:
                           prompt_tokens=raw.prompt_tokens,
                           completion_tokens=raw.completion_tokens, attempts=tries,
                           truncated_tokens=truncated,
-                          rejection=Rejection(reason=f"no schema-valid output after {tries} "
+                          rejection=Rejection(reason=f"no valid output after {tries} "
                                                      f"attempts; last: {errors[-1]}",
                                               raw=raw.text, attempts=tries, errors=errors))
 
@@ -788,6 +808,20 @@ def _strings(value: Any) -> list[str]:
     return []
 
 
+def _objects(value: Any) -> list[dict[str, Any]]:
+    """The JSON objects in ``value`` (itself, nested, or inside JSON text)."""
+    if isinstance(value, str):
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return []
+    if isinstance(value, dict):
+        return [value, *(o for v in value.values() for o in _objects(v))]
+    if isinstance(value, list):
+        return [o for v in value for o in _objects(v)]
+    return []
+
+
 def _words(text: str) -> list[str]:
     return re.findall(r"\w+", text.lower())
 
@@ -805,10 +839,16 @@ def find_copied_example(output: Any, example: Any, *, source: str | None = None,
     ex_strings = _strings(example)
     copied: list[str] = []
     placeholders = {p for s in ex_strings for p in _PLACEHOLDER.findall(s)}
+    # A placeholder's description without its brackets ("a short name for the lesson"); an
+    # enum's placeholder ("<do | avoid>") has none, and its values are fair answers.
+    descriptions = {" ".join(_words(part)) for p in placeholders if ":" in p
+                    for part in (p[1:-1], p[1:-1].split(":", 1)[1]) if _words(part)}
     for s in out_strings:
         for p in _PLACEHOLDER.findall(s):
             if p in placeholders or not placeholders:
                 copied.append(p)
+        if " ".join(_words(s)) in descriptions:
+            copied.append(s)
     out_text = " " + " ".join(w for s in out_strings for w in _words(s)) + " "
     src_text = " " + " ".join(_words(source)) + " " if source else " "
     for s in ex_strings:
@@ -826,6 +866,37 @@ def find_copied_example(output: Any, example: Any, *, source: str | None = None,
             else:
                 i += 1
     return list(dict.fromkeys(copied))
+
+
+def find_degenerate_text(output: Any, *, min_words: int = 8, max_repeats: int = 3
+                         ) -> list[str]:
+    """Strings of ``output`` caught in a repetition loop (empty list: none).
+
+    Small models under greedy decoding fall into loops ("the answer is the answer is ...");
+    grammar-constrained JSON keeps the form valid while the text degenerates. A string of
+    at least ``min_words`` words is degenerate when some three-word sequence occurs in it more
+    than ``max_repeats`` times, or when fewer than a third of its words are distinct; so is
+    a text (of 12 characters or more) given as the value of two fields of one object.
+    """
+    found = []
+    for obj in _objects(output):  # one text given as the answer to several questions
+        seen: dict[str, str] = {}
+        for v in obj.values():
+            if isinstance(v, str) and len(key := " ".join(_words(v))) >= 12:
+                if key in seen:
+                    found.append(v)
+                seen[key] = v
+    for s in _strings(output):
+        words = _words(s)
+        if len(words) < min_words:
+            continue
+        grams: dict[tuple[str, ...], int] = {}
+        for i in range(len(words) - 2):
+            g = tuple(words[i:i + 3])
+            grams[g] = grams.get(g, 0) + 1
+        if max(grams.values()) > max_repeats or len(set(words)) * 3 < len(words):
+            found.append(s)
+    return found
 
 
 # --------------------------------------------------------------------------------------

@@ -83,6 +83,61 @@ def test_fabricated_evidence_is_rejected_with_the_raw_text(scripted, tmp_path):
     assert con.execute("SELECT count(*) FROM units").fetchone() == (0,)
 
 
+@pytest.mark.parametrize("method", ["insight", "behavior", "contrast", "summary"])
+def test_output_that_fills_in_the_prompt_form_is_retried_then_quarantined(scripted, tmp_path,
+                                                                          method):
+    # What SmolLM2-135M did with 48 of 50 insight prompts: the form's placeholders, verbatim.
+    from xpkit.core.llm import form_example
+
+    eps = [episode("Who wrote Emma?", True, 9), episode("Who wrote Emma?", False, 9, "x"),
+           episode("Who wrote Dune?", True, 9)]
+    src = write_episodes(tmp_path / "e.jsonl", eps)
+    form = {}
+
+    def filled(schema, shown):  # the form's placeholders where the grammar lets them through
+        if "enum" in schema:
+            return schema["enum"][0]
+        if schema.get("type") == "integer":
+            return schema.get("minimum", 0)
+        if schema.get("type") == "array":
+            return [filled(schema["items"], shown[0])]
+        if "properties" in schema:
+            return {k: filled(schema["properties"][k], v) for k, v in shown.items()}
+        return "copied_name" if "pattern" in schema else shown[:schema.get("maxLength")]
+
+    def fill_in_the_form(messages):
+        schema = scripted.backend.models["m"].calls[-1]["schema"]
+        form["text"] = json.dumps(filled(schema, json.loads(form_example(schema))))
+        return form["text"]
+
+    model = scripted.model("m", fill_in_the_form)
+    out: list[dict] = []
+    rejects = tmp_path / "r.jsonl"
+    summary = distill([src], method=[method], model="scripted:m", sink=out.extend,
+                      rejects=str(rejects), batch_episodes=2,
+                      store=str(tmp_path / "s.duckdb"))
+    assert out == [] and summary.new == 0 and summary.calls >= 1
+    assert summary.rejected == summary.calls and len(model.calls) == 3 * summary.calls
+    entries = [json.loads(line) for line in rejects.read_text().splitlines()]
+    assert len(entries) == summary.rejected
+    assert all("copies the prompt's form" in e["reason"] and e["raw"] == form["text"]
+               for e in entries)
+    con = duckdb.connect(str(tmp_path / "s.duckdb"), read_only=True)
+    assert con.execute("SELECT count(*) FROM units").fetchone() == (0,)
+
+
+def test_a_retry_that_answers_properly_is_kept(scripted, tmp_path):
+    src = write_episodes(tmp_path / "e.jsonl", [episode("Who wrote Emma?", True)])
+    loop = "search again search again search again search again search again"
+    model = scripted.model("m", insight_json((RULE[0], RULE[1], loop, ["E1"])),
+                           insight_json((*RULE, ["E1"])))
+    out: list[dict] = []
+    summary = distill([src], method=["insight"], model="scripted:m", sink=out.extend,
+                      rejects=str(tmp_path / "r.jsonl"))
+    assert summary.rejected == 0 and len(model.calls) == 2
+    assert [u["content"] for u in out] == [RULE[2]]
+
+
 def test_counters_survive_a_merge_into_the_store(scripted, tmp_path):
     store = str(tmp_path / "s.duckdb")
     eps = [episode("Who wrote Emma?", True), episode("Who wrote Dune?", False)]

@@ -40,7 +40,7 @@ def test_invalid_json_every_time_is_a_rejection_with_the_raw_text(scripted):
     assert c.rejection.raw == '{"title": "unterminated'
     assert c.rejection.attempts == 3 and len(m.calls) == 3
     assert len(c.rejection.errors) == 3 and "not valid JSON" in c.rejection.errors[0]
-    assert c.rejection.reason.startswith("no schema-valid output after 3 attempts")
+    assert c.rejection.reason.startswith("no valid output after 3 attempts")
     record = c.rejection.to_record()
     assert record["raw"] == '{"title": "unterminated' and record["attempts"] == 3
     assert llm.stats.rejected == 1 and llm.stats.retries == 2
@@ -52,6 +52,40 @@ def test_invalid_json_every_time_is_a_rejection_with_the_raw_text(scripted):
     # ...and --no-cache tries again.
     get_llm("scripted:bad", retries=2, no_cache=True).structured("log text", SCHEMA)
     assert len(m.calls) == 6
+
+
+def test_an_output_check_failure_is_retried_then_rejected_and_keys_the_cache(scripted):
+    placeholder = '{"title": "<title: a short name>", "polarity": "do"}'
+    form = L.form_example(SCHEMA)
+    check = L.OutputCheck("no-form/1", lambda data: (
+        "copies the form" if L.find_copied_example(data, form) else None))
+    m = scripted.model("copy", placeholder, VALID)
+    c = get_llm("scripted:copy", retries=2).run([Request("x", schema=SCHEMA, check=check)])[0]
+    assert c.ok and c.data["title"] == "check the lock first" and c.attempts == 2
+    assert m.calls[1]["temperature"] > 0  # the retry samples: the same call would copy again
+    always = scripted.model("always", placeholder)
+    c = get_llm("scripted:always", retries=1).run([Request("x", schema=SCHEMA,
+                                                          check=check)])[0]
+    assert not c.ok and c.rejection.raw == placeholder and len(always.calls) == 2
+    assert c.rejection.errors == ["attempt 1: copies the form", "attempt 2: copies the form"]
+    # Without the check the same output is fine, and it is a different cache entry: a
+    # changed check never serves outputs that only the old one passed.
+    c = get_llm("scripted:always", retries=1).run([Request("x", schema=SCHEMA)])[0]
+    assert c.ok and not c.cached and len(always.calls) == 3
+
+
+def test_degenerate_text_is_found():
+    loop = "check the page check the page check the page check the page again"
+    assert L.find_degenerate_text({"rule": loop, "title": "fine"}) == [loop]
+    few = "yes yes no no yes no no yes yes no"
+    assert L.find_degenerate_text({"rule": few}) == [few]
+    sentence = "Search for the exact title of the page before giving up on the question."
+    assert L.find_degenerate_text({"rule": sentence, "title": "ok ok ok"}) == []
+    # What SmolLM2-135M wrote for an insight: one phrase in every field.
+    same = "Laleli Mosque and Esma Sultan Mansion"
+    out = orjson.dumps({"insights": [{"title": same, "when": same, "rule": same + "."}]})
+    assert L.find_degenerate_text(out.decode()) == [same, same + "."]
+    assert L.find_degenerate_text({"a": "the same", "b": "the same"}) == []  # too short
 
 
 def test_schema_violation_names_the_path(scripted):
@@ -270,3 +304,8 @@ def test_find_copied_example_flags_placeholders_and_copied_sentences():
     # Text the model was given may be quoted: not a copy of the example.
     source = "we must verify that the drawer is unlocked before pulling it"
     assert L.find_copied_example(out, literal, source=source) == []
+    # A placeholder's description given as the answer, brackets dropped, is a copy too.
+    assert L.find_copied_example({"title": "A short name.", "polarity": "do"}, form) == [
+        "A short name."]
+    assert L.find_copied_example({"title": "a short name for it", "polarity": "do"}, form) \
+        == []
