@@ -4,7 +4,10 @@ The input repeats the real FireAct chat records (OpenAI ``messages`` with ReAct 
 ``../shared/data``) with a unique ``id`` field in front of each copy, so every copy has its
 own content hash and nothing is deduplicated away. Each contender runs in its own process;
 its peak RSS is the largest of the kernel's ``ru_maxrss`` for it and the summed RSS of its
-process tree, sampled every 20 ms (so worker processes count too).
+process tree, sampled every 20 ms (so worker processes count too). A sum of RSS counts the
+pages that forked workers share with their parent (libraries, the interpreter) once per
+process, so the peak PSS of the tree (each shared page split among its sharers: the memory
+the tree really takes) is reported beside it, sampled every 200 ms.
 
     python bench/ingest.py                    # 1 GiB input, in a temp dir that is removed
     python bench/ingest.py --size-mb 256 --keep --workdir /tmp/xb
@@ -51,6 +54,7 @@ class Result:
     seconds: float
     cpu: float  # user + system seconds of the process and its children
     peak_rss: int
+    peak_pss: int
     note: str = ""
 
     @property
@@ -111,15 +115,29 @@ def slice_input(src: Path, dst: Path, size_bytes: int) -> tuple[int, int]:
 # --------------------------------------------------------------------------- measuring
 
 
-def _tree_rss(pid: int) -> int:
-    """Summed RSS of a process and its descendants, from /proc (0 once it has gone)."""
+def _tree(pid: int) -> list[int]:
+    """A process and its descendants (empty once it has gone)."""
     try:
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+    return [pid, *(p for c in children for p in _tree(int(c)))]
+
+
+def _rss(pid: int) -> int:
+    try:
         with open(f"/proc/{pid}/statm") as f:
-            rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
-    return rss + sum(_tree_rss(int(c)) for c in children)
+
+
+def _pss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            return next(int(line.split()[1]) << 10 for line in f if line.startswith("Pss:"))
+    except (OSError, ValueError, StopIteration):
+        return 0
 
 
 @dataclass
@@ -127,6 +145,7 @@ class Run:
     seconds: float
     cpu: float
     peak_rss: int
+    peak_pss: int
     code: int
     killed: bool  # for passing rss_limit
 
@@ -137,13 +156,19 @@ def run_measured(argv: list[str], log: Path, rss_limit: int | None = None) -> Ru
     with open(log, "wb") as err:
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err,
                                 start_new_session=True)
-    peak, killed, done = 0, False, threading.Event()
+    peak = peak_pss = 0
+    killed, done = False, threading.Event()
 
     def sample() -> None:
-        nonlocal peak, killed
+        nonlocal peak, peak_pss, killed
+        n = 0
         while not done.wait(0.02):
-            rss = _tree_rss(proc.pid)
+            pids = _tree(proc.pid)
+            rss = sum(map(_rss, pids))
             peak = max(peak, rss)
+            if n % 10 == 0:  # (reading smaps_rollup walks the page tables: not too often)
+                peak_pss = max(peak_pss, sum(map(_pss, pids)))
+            n += 1
             if rss_limit and rss > rss_limit and not killed:
                 killed = True
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -156,7 +181,7 @@ def run_measured(argv: list[str], log: Path, rss_limit: int | None = None) -> Ru
     done.set()
     sampler.join()
     return Run(seconds, usage.ru_utime + usage.ru_stime, max(peak, usage.ru_maxrss * 1024),
-               proc.returncode, killed)
+               peak_pss or usage.ru_maxrss * 1024, proc.returncode, killed)
 
 
 def _check(name: str, code: int, log: Path) -> None:
@@ -194,7 +219,7 @@ def bench_xpkit_parquet(big: Path, work: Path, size: int, records: int) -> Resul
     rows = _parquet_rows(out)
     note = "" if rows == records else f"wrote {rows} of {records} records"
     return Result("xpkit-parquet", "xpkit ingest -> Parquet", size, records, run.seconds,
-                  run.cpu, run.peak_rss, note)
+                  run.cpu, run.peak_rss, run.peak_pss, note)
 
 
 def bench_xpkit_store(big: Path, work: Path, size: int, records: int) -> Result:
@@ -210,7 +235,7 @@ def bench_xpkit_store(big: Path, work: Path, size: int, records: int) -> Result:
         rows = con.execute("SELECT count(*) FROM episodes").fetchone()[0]  # type: ignore[index]
     note = "" if rows == records else f"stored {rows} of {records} records"
     return Result("xpkit-store", "xpkit ingest -> store", size, records, run.seconds, run.cpu,
-                  run.peak_rss, note)
+                  run.peak_rss, run.peak_pss, note)
 
 
 def bench_duckdb(big: Path, work: Path, size: int, records: int) -> Result:
@@ -220,7 +245,7 @@ def bench_duckdb(big: Path, work: Path, size: int, records: int) -> Result:
     run = run_measured([PY, "-c", DUCKDB_SCRIPT, str(big), str(out)], log)
     _check("duckdb", run.code, log)
     return Result("duckdb", "duckdb read_json -> Parquet", size, records, run.seconds, run.cpu,
-                  run.peak_rss)
+                  run.peak_rss, run.peak_pss)
 
 
 def bench_pandas(big: Path, work: Path, size: int, records: int, slice_mb: int | None,
@@ -242,7 +267,7 @@ def bench_pandas(big: Path, work: Path, size: int, records: int, slice_mb: int |
                             f"{PANDAS_RSS_LIMIT >> 30} GiB RSS")
     _check("pandas", run.code, log)
     return Result("pandas", "pandas read_json -> Parquet", size, records, run.seconds, run.cpu,
-                  run.peak_rss, note)
+                  run.peak_rss, run.peak_pss, note)
 
 
 # --------------------------------------------------------------------------- report
@@ -250,17 +275,19 @@ def bench_pandas(big: Path, work: Path, size: int, records: int, slice_mb: int |
 
 def report(results: list[Result]) -> None:
     print(f"{'contender':<30}{'MB/s':>8}{'records/s':>11}{'seconds':>9}{'CPU s':>8}"
-          f"{'peak RSS':>11}")
+          f"{'peak RSS':>11}{'peak PSS':>11}")
     for r in results:
         print(f"{r.name:<30}{r.mb_s:>8.1f}{r.rec_s:>11,.0f}{r.seconds:>9.1f}{r.cpu:>8.1f}"
-              f"{r.peak_rss / MB:>8,.0f} MB" + (f"   ({r.note})" if r.note else ""))
+              f"{r.peak_rss / MB:>8,.0f} MB{r.peak_pss / MB:>8,.0f} MB"
+              + (f"   ({r.note})" if r.note else ""))
     by = {r.key: r for r in results}
     for xk in ("xpkit-parquet", "xpkit-store"):
         for ok in ("duckdb", "pandas"):
             x, o = by.get(xk), by.get(ok)
             if x is not None and o is not None:
                 print(f"{xk} / {ok}: throughput x{x.mb_s / o.mb_s:.2f}, "
-                      f"peak RSS x{x.peak_rss / o.peak_rss:.2f}")
+                      f"peak RSS x{x.peak_rss / o.peak_rss:.2f}, "
+                      f"peak PSS x{x.peak_pss / o.peak_pss:.2f}")
 
 
 def main() -> None:

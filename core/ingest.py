@@ -18,8 +18,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from xpkit.core.errors import RecordError, StrictModeError, UsageError
 from xpkit.core.formats import (
     Detection,
@@ -34,8 +32,9 @@ from xpkit.core.io import (
     DEFAULT_BATCH_SIZE,
     Source,
     SourceRow,
+    iter_jsonl_values,
     open_binary,
-    read_jsonl_range,
+    read_jsonl_bytes,
     read_rows,
     resolve_inputs,
     splittable_size,
@@ -161,8 +160,9 @@ def ingest(
     ``arrow_sink`` receives the accepted episodes as Arrow tables in
     ``episode_arrow_schema()`` (the shape Parquet output wants) rather than as dicts. Without
     a dict ``sink``, plain JSONL files of ``PARALLEL_MIN_BYTES`` or more are parsed by
-    ``workers`` processes (default: one per CPU, up to ``MAX_WORKERS``; 1 turns this off);
-    the results are the same, in the same order, as with one process.
+    ``workers`` processes (default: one per CPU, up to ``MAX_WORKERS``, less one when the
+    output is the store alone; 1 turns this off); the results are the same, in the same
+    order, as with one process.
     """
     notice = on_notice or (lambda _msg: None)
     formats = available_formats()
@@ -181,21 +181,28 @@ def ingest(
     # Worker processes are forked before the store opens, so that no DuckDB thread exists
     # in the process being copied; they only ever run the parsers.
     n_workers = _worker_count(workers) if sink is None else 1
-    pool = _start_pool(sources, n_workers)
+    pool = None
+    if n_workers > 1:
+        if workers is None and store and arrow_sink is None:
+            # Into the store alone, this process is as busy inserting (DuckDB maintains the
+            # tables' indexes) as a worker is parsing: it takes one worker's place, which
+            # costs no time and saves a worker's memory.
+            n_workers -= 1
+        pool = _start_pool(sources, n_workers)
     db = None
     try:
         db = Store.open(store) if store else None
-        seen: set[str] = set()
+        seen: set[int | str] = set()  # the _seen_key of every episode id of the run
         if db is not None:
             if pool is not None:
                 # The workers keep n_workers cores busy; DuckDB threads beyond the rest only
                 # contend with them (one thread inserts ~1.6x faster on 2 busy cores).
                 db.con.execute(f"SET threads = {max(1, len(os.sched_getaffinity(0)) - n_workers)}")
             db.con.execute("BEGIN TRANSACTION")
+        out = _Outputs(db, run.run_id, sink, arrow_sink)
         # All of a run's writes are one transaction, so the only rows of the store that
         # are not in ``seen`` are those it had before: an empty store needs no lookups.
         lookup = db is not None and _has_episodes(db)
-        out = _Outputs(db, run.run_id, sink, arrow_sink)
         for source in sources:
             fmt, detection, batches = _source_batches(source, format, formats, batch_size,
                                                       notice)
@@ -207,8 +214,7 @@ def ingest(
                     splittable_size(source) >= PARALLEL_MIN_BYTES:
                 batches.close()
                 lines = 0  # lines in the chunks before this one
-                for chunk in _parallel_chunks(pool, 2 * n_workers, source, fmt, options,
-                                              batch_size, out):
+                for chunk in _parallel_chunks(pool, n_workers + 1, source, fmt, options, out):
                     _accept_chunk(chunk, lines, seen, lookup, summary, quarantine, out)
                     lines += chunk.lines
                     if on_progress is not None:
@@ -221,6 +227,10 @@ def ingest(
                     out.episodes(fresh)
                 if on_progress is not None:
                     on_progress(len(batch))
+        if pool is not None:  # all parsed: the workers' memory goes before the commit's
+            pool.close()
+            pool.join()
+            pool = None
         run.counts = summary.counts()
         if strict and summary.rejected:
             raise StrictModeError(
@@ -228,12 +238,17 @@ def ingest(
                 "makes this a failure" + ("; the store was not changed." if db else "."))
         if db is not None:
             db.record_run(run)
+            # Committing adds the run's keys to the table's own index, which takes about as
+            # much memory again as the run's index: DuckDB's own limit applies to that.
+            out.unbound_store_memory()
             db.con.execute("COMMIT")
     except BaseException as exc:
         if pool is not None:
             pool.terminate()
         if db is not None:
-            db.con.execute("ROLLBACK")
+            # (A COMMIT that failed has ended the transaction already.)
+            with contextlib.suppress(Exception):
+                db.con.execute("ROLLBACK")
             run.status, run.error = "failed", str(exc) or type(exc).__name__
             run.counts = summary.counts()
             _record_failed_run(db, run)
@@ -261,6 +276,14 @@ def _has_episodes(db: Store) -> bool:
     return db.con.execute("SELECT EXISTS (SELECT 1 FROM episodes)").fetchone()[0]  # type: ignore[index]
 
 
+# DuckDB holds a table's primary-key index (ART) in memory and cannot evict it, while the
+# rows themselves can leave memory once written. By default it keeps up to 80% of RAM, so a
+# large ingest grew by ~1.5 KB per episode. Its memory limit is kept at what the indexes use
+# plus this much: the rest of its memory stays bounded, and a growing index (whose size no
+# fixed limit could know in advance) never makes the run fail.
+STORE_MEMORY_HEADROOM = 96 << 20
+
+
 class _Outputs:
     """Where accepted episodes go: the store, a dict sink, an Arrow sink (any of them)."""
 
@@ -270,18 +293,54 @@ class _Outputs:
         self.run_id = run_id
         self.sink = sink
         self.arrow_sink = arrow_sink
+        self._memory_limit = 0
+        if db is not None:
+            self._default_memory_limit = db.con.execute(
+                "SELECT current_setting('memory_limit')").fetchone()[0]  # type: ignore[index]
+            self.bound_store_memory()
 
     def episodes(self, fresh: list[dict[str, Any]]) -> None:
+        table = episodes_to_arrow(fresh) if self.db is not None or self.arrow_sink else None
         if self.db is not None:
-            _insert(self.db, fresh, self.run_id)
+            self.insert(*_store_tables(table, self.run_id))
         if self.sink is not None:
             self.sink(fresh)
         if self.arrow_sink is not None:
-            self.arrow_sink(episodes_to_arrow(fresh))
+            self.arrow_sink(table)
+
+    def insert(self, ep_table: Any, st_table: Any) -> None:
+        """Add rows to the store's episodes and steps tables."""
+        assert self.db is not None
+        # Not con.register(): a registered table stays referenced until the transaction ends
+        # (~2.5 KB per episode, so a 1 GB ingest held ~3 GB), even after unregister().
+        self.db.con.from_arrow(ep_table).insert_into("episodes")
+        self.db.con.from_arrow(st_table).insert_into("steps")
+        self.bound_store_memory()
+
+    def bound_store_memory(self) -> None:
+        """Raise DuckDB's memory limit to what its indexes use plus STORE_MEMORY_HEADROOM
+        (never lower it: the run may need what it already holds)."""
+        assert self.db is not None
+        index = self.db.con.execute(
+            "SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory() "
+            "WHERE tag = 'ART_INDEX'").fetchone()[0]  # type: ignore[index]
+        limit = index + STORE_MEMORY_HEADROOM
+        if limit > self._memory_limit + (16 << 20) or not self._memory_limit:
+            try:
+                self.db.con.execute(f"SET memory_limit = '{limit >> 20} MiB'")
+            except Exception:  # (it holds more than that and cannot let go: try again later)
+                return
+            self._memory_limit = limit
+
+    def unbound_store_memory(self) -> None:
+        """Give DuckDB back its own memory limit. (SET, not RESET: in DuckDB 1.5, RESET
+        restores the setting's value but leaves the buffer pool at the lower limit.)"""
+        assert self.db is not None
+        self.db.con.execute(f"SET memory_limit = '{self._default_memory_limit}'")
 
 
 def _parse_batch(batch: list[SourceRow], fmt: InputFormat, options: FormatOptions,
-                 summary: IngestSummary, quarantine: Quarantine | _RejectLog
+                 summary: IngestSummary, quarantine: Quarantine
                  ) -> list[dict[str, Any]]:
     episodes: list[dict[str, Any]] = []
     parse = fmt.parse
@@ -308,18 +367,43 @@ def _parse_batch(batch: list[SourceRow], fmt: InputFormat, options: FormatOption
     return episodes
 
 
-def _fresh_mask(ids: list[str], seen: set[str], db: Store | None,
+def _seen_key(episode_id: str) -> int | str:
+    """``episode_id`` as a member of the run's set of seen ids: a canonical id
+    (``ep_`` + 24 lower-case hex digits) as the int it spells, which takes half the memory
+    of the string (~40 MB less per million episodes); any other id as itself."""
+    if len(episode_id) == 27 and episode_id.startswith("ep_"):
+        try:
+            value = int(episode_id[3:], 16)
+        except ValueError:
+            return episode_id
+        if f"{value:024x}" == episode_id[3:]:  # (int() also takes "0x", "_", "+", upper case)
+            return value
+    return episode_id
+
+
+def _id_of(key: int | str) -> str:
+    """The episode id whose _seen_key is ``key``."""
+    return f"ep_{key:024x}" if type(key) is int else key  # type: ignore[return-value]
+
+
+def _fresh_mask(keys: list[int | str], seen: set[int | str], db: Store | None,
                 summary: IngestSummary) -> list[bool]:
-    """Which of these episode ids are new: not earlier in the run, nor already in ``db``."""
-    summary.episodes += len(ids)
-    keep = []
-    for eid in ids:
-        if eid in seen:
-            keep.append(False)
-        else:
-            seen.add(eid)
-            keep.append(True)
+    """Which of these episodes (by the _seen_key of their ids) are new: not earlier in the
+    run, nor already in ``db``."""
+    summary.episodes += len(keys)
+    if seen.isdisjoint(keys) and len(set(keys)) == len(keys):  # the usual case, at C speed
+        seen.update(keys)
+        keep = [True] * len(keys)
+    else:
+        keep = []
+        for key in keys:
+            if key in seen:
+                keep.append(False)
+            else:
+                seen.add(key)
+                keep.append(True)
     if db is not None and any(keep):
+        ids = [_id_of(key) for key in keys]
         existing = {r[0] for r in db.con.execute(
             "SELECT episode_id FROM episodes WHERE episode_id IN (SELECT unnest(?))",
             [[eid for eid, k in zip(ids, keep, strict=True) if k]]).fetchall()}
@@ -330,77 +414,43 @@ def _fresh_mask(ids: list[str], seen: set[str], db: Store | None,
     return keep
 
 
-def _dedup(episodes: list[dict[str, Any]], seen: set[str], db: Store | None,
+def _dedup(episodes: list[dict[str, Any]], seen: set[int | str], db: Store | None,
            summary: IngestSummary) -> list[dict[str, Any]]:
-    keep = _fresh_mask([ep["episode_id"] for ep in episodes], seen, db, summary)
+    keep = _fresh_mask([_seen_key(ep["episode_id"]) for ep in episodes], seen, db, summary)
     return [ep for ep, k in zip(episodes, keep, strict=True) if k]
 
 
-_EPISODE_COLUMNS = ("episode_id", "source_format", "source_file", "source_line", "task",
-                    "success", "reward", "score", "answer", "reference", "model", "meta",
-                    "n_steps", "run_id")
-
-
-def _store_tables(episodes: list[dict[str, Any]], run_id: str) -> tuple[Any, Any]:
-    """The rows of the ``episodes`` and ``steps`` tables for these episodes, as Arrow."""
+def _store_tables(table: Any, run_id: str) -> tuple[Any, Any]:
+    """The rows of the store's ``episodes`` and ``steps`` tables, as Arrow, for episodes in
+    ``episode_arrow_schema()`` (the Parquet table: the same values, laid out for the store)."""
+    import numpy as np
     import pyarrow as pa
 
-    dumps = orjson.dumps
-    sources = [ep["source"] for ep in episodes]
-    outcomes = [ep["outcome"] for ep in episodes]
-    steps_lists = [ep["steps"] for ep in episodes]
-    ep_table = pa.table(dict(zip(_EPISODE_COLUMNS, (
-        [ep["episode_id"] for ep in episodes],
-        [src.get("format") for src in sources],
-        [src.get("file") for src in sources],
-        [src.get("line") for src in sources],
-        [ep["task"] for ep in episodes],
-        [out["success"] for out in outcomes],
-        [out["reward"] for out in outcomes],
-        [out["score"] for out in outcomes],
-        [ep["answer"] for ep in episodes],
-        [ep["reference"] for ep in episodes],
-        [ep["model"] for ep in episodes],
-        [dumps(ep["meta"]).decode() for ep in episodes],
-        [len(steps) for steps in steps_lists],
-        [run_id] * len(episodes),
-    ), strict=True)))
-    steps = [s for lst in steps_lists for s in lst]
+    n = table.num_rows
+    source_format, source_file, source_line = table["source"].combine_chunks().flatten()
+    success, reward, score = table["outcome"].combine_chunks().flatten()
+    steps = table["steps"].combine_chunks()
+    offsets = steps.offsets.to_numpy()
+    n_steps = np.diff(offsets).astype(np.int32)
+    episode_id = table["episode_id"].combine_chunks()
+    ep_table = pa.table({
+        "episode_id": episode_id, "source_format": source_format, "source_file": source_file,
+        "source_line": source_line, "task": table["task"], "success": success,
+        "reward": reward, "score": score, "answer": table["answer"],
+        "reference": table["reference"], "model": table["model"], "meta": table["meta"],
+        "n_steps": pa.array(n_steps, pa.int32()), "run_id": pa.array([run_id] * n, pa.string()),
+    })
+    role, kind, content, name, args = steps.flatten().flatten()
     st_table = pa.table({
-        "episode_id": [ep["episode_id"] for ep, lst in zip(episodes, steps_lists, strict=True)
-                       for _ in lst],
-        "step": pa.array([i for lst in steps_lists for i in range(len(lst))], pa.int32()),
-        "role": [s["role"] for s in steps],
-        "kind": [s["kind"] for s in steps],
-        "content": [s["content"] for s in steps],
-        "name": [s.get("name") for s in steps],
-        "args": [dumps(s["args"]).decode() if "args" in s else None for s in steps],
+        "episode_id": episode_id.take(np.repeat(np.arange(n), n_steps)),
+        "step": pa.array(np.arange(len(role), dtype=np.int32)
+                         - np.repeat(offsets[:-1] - offsets[0], n_steps).astype(np.int32)),
+        "role": role, "kind": kind, "content": content, "name": name, "args": args,
     })
     return ep_table, st_table
 
 
-def _insert(db: Store, episodes: list[dict[str, Any]], run_id: str) -> None:
-    _insert_tables(db, *_store_tables(episodes, run_id))
-
-
-def _insert_tables(db: Store, ep_table: Any, st_table: Any) -> None:
-    # Not con.register(): a registered table stays referenced until the transaction ends
-    # (~2.5 KB per episode, so a 1 GB ingest held ~3 GB), even after unregister().
-    db.con.from_arrow(ep_table).insert_into("episodes")
-    db.con.from_arrow(st_table).insert_into("steps")
-
-
 # --------------------------------------------------------------------------- in parallel
-
-
-class _RejectLog:
-    """Quarantine entries a worker collects for the main process to write."""
-
-    def __init__(self) -> None:
-        self.entries: list[dict[str, Any]] = []
-
-    def reject(self, **entry: Any) -> None:
-        self.entries.append(entry)
 
 
 @dataclass
@@ -412,7 +462,7 @@ class _Chunk:
     parsed: int
     rejected: int
     rejects: list[dict[str, Any]]
-    ids: list[str]
+    keys: list[int | str]  # the _seen_key of each episode's id
     arrow: Any = None  # episodes in episode_arrow_schema(), for an Arrow sink
     store: tuple[Any, Any] | None = None  # rows of the store's episodes and steps tables
 
@@ -428,7 +478,7 @@ def _worker_count(workers: int | None) -> int:
 
 
 def _start_pool(sources: list[Source], n: int) -> Any:
-    if n < 2 or not any(splittable_size(s) >= PARALLEL_MIN_BYTES for s in sources):
+    if not any(splittable_size(s) >= PARALLEL_MIN_BYTES for s in sources):
         return None
     import multiprocessing
 
@@ -437,6 +487,7 @@ def _start_pool(sources: list[Source], n: int) -> Any:
     # pyarrow imports pandas, when it is installed, the first time it converts a list: do
     # that once here rather than in every worker (~0.5 s and ~50 MB each).
     pa.array([], pa.string())
+
     return multiprocessing.get_context("fork").Pool(n, initializer=_worker_init,
                                                      initargs=(os.getpid(),))
 
@@ -460,39 +511,80 @@ _worker_formats: dict[str, InputFormat] = {}
 
 
 def _parse_chunk(path: str, name: str, start: int, end: int, fmt_name: str,
-                 options: FormatOptions, batch_size: int, want_arrow: bool,
-                 store_run: str | None) -> _Chunk:
-    """Read and parse one byte range of a file (in a worker process)."""
+                 options: FormatOptions, want_arrow: bool, store_run: str | None) -> _Chunk:
+    """Read and parse one byte range of a file (in a worker process): what ``_parse_batch``
+    makes of ``read_jsonl_range``, without a ``SourceRow`` or a ``source`` dict per record.
+    Episodes become Arrow a few hundred at a time, so few are ever held as Python objects."""
+    import pyarrow as pa
+
     if not _worker_formats:
         _worker_formats.update(available_formats())
     fmt = _worker_formats[fmt_name]
+    parse = fmt.parse
+    build = want_arrow or store_run is not None
     # Parsing makes many short-lived dicts and no cycles: the cycle collector would
     # only rescan them (~10% of the time). It runs again once the chunk is done.
     gc.disable()
     try:
-        rows, lines = read_jsonl_range(path, name, start, end, batch_size)
-        summary = IngestSummary()
-        rejects = _RejectLog()
-        episodes = _parse_batch(rows, fmt, options, summary, rejects)
-        return _Chunk(lines, summary.records, summary.parsed, summary.rejected,
-                      rejects.entries, [ep["episode_id"] for ep in episodes],
-                      episodes_to_arrow(episodes) if want_arrow and episodes else None,
-                      _store_tables(episodes, store_run) if store_run and episodes else None)
+        data, lines = read_jsonl_bytes(path, start, end)
+        rejects: list[dict[str, Any]] = []
+        keys: list[int | str] = []
+        tables: list[Any] = []
+        episodes: list[dict[str, Any]] = []
+        ep_lines: list[int] = []  # the line of each episode, for its source
+        records = 0
+        for line, value, error, raw in iter_jsonl_values(data, start == 0):
+            records += 1
+            if error is not None:
+                rejects.append({"file": name, "line": line, "unit": "line", "reason": error,
+                                "field": None, "raw": raw})
+                continue
+            try:
+                result = parse(value, options)
+            except RecordError as exc:
+                rejects.append({"file": name, "line": line, "unit": "line",
+                                "reason": f"{fmt.name}: {exc.reason}", "field": exc.field,
+                                "record": value})
+                continue
+            if isinstance(result, list):
+                episodes += result
+                ep_lines += [line] * len(result)
+            else:
+                episodes.append(result)
+                ep_lines.append(line)
+            if len(episodes) >= _ARROW_BATCH:
+                keys += [_seen_key(ep["episode_id"]) for ep in episodes]
+                if build:
+                    tables.append(episodes_to_arrow(episodes, (fmt.name, name, ep_lines)))
+                episodes, ep_lines = [], []
+        del data
+        if episodes:
+            keys += [_seen_key(ep["episode_id"]) for ep in episodes]
+            if build:
+                tables.append(episodes_to_arrow(episodes, (fmt.name, name, ep_lines)))
+        del episodes
+        table = pa.concat_tables(tables) if tables else None
+        return _Chunk(lines, records, records - len(rejects), len(rejects), rejects, keys,
+                      table if want_arrow else None,
+                      _store_tables(table, store_run) if store_run and table is not None
+                      else None)
     finally:
         gc.enable()
 
 
+# Episodes a worker converts to Arrow at a time (see _parse_chunk).
+_ARROW_BATCH = 500
+
+
 def _parallel_chunks(pool: Any, window: int, source: Source, fmt: InputFormat,
-                     options: FormatOptions, batch_size: int, out: _Outputs
-                     ) -> Iterator[_Chunk]:
+                     options: FormatOptions, out: _Outputs) -> Iterator[_Chunk]:
     """The chunks of a file in order, at most ``window`` in flight (so memory is bounded)."""
     assert source.path is not None
     size = splittable_size(source)
     pending: deque[Any] = deque()
     for start in range(0, size, CHUNK_BYTES):
         args = (source.path, source.name, start, min(start + CHUNK_BYTES, size), fmt.name,
-                options, batch_size, out.arrow_sink is not None,
-                out.run_id if out.db is not None else None)
+                options, out.arrow_sink is not None, out.run_id if out.db is not None else None)
         pending.append(pool.apply_async(_parse_chunk, args))
         if len(pending) >= window:
             yield pending.popleft().get()
@@ -500,7 +592,7 @@ def _parallel_chunks(pool: Any, window: int, source: Source, fmt: InputFormat,
         yield pending.popleft().get()
 
 
-def _accept_chunk(chunk: _Chunk, lines: int, seen: set[str], lookup: bool,
+def _accept_chunk(chunk: _Chunk, lines: int, seen: set[int | str], lookup: bool,
                   summary: IngestSummary, quarantine: Quarantine, out: _Outputs) -> None:
     """Count, quarantine, deduplicate and write a worker's chunk (``lines`` = lines before)."""
     summary.records += chunk.records
@@ -509,9 +601,9 @@ def _accept_chunk(chunk: _Chunk, lines: int, seen: set[str], lookup: bool,
     for entry in chunk.rejects:
         entry["line"] += lines
         quarantine.reject(**entry)
-    if not chunk.ids:
+    if not chunk.keys:
         return
-    keep = _fresh_mask(chunk.ids, seen, out.db if lookup else None, summary)
+    keep = _fresh_mask(chunk.keys, seen, out.db if lookup else None, summary)
     if not any(keep):
         return
     if out.db is not None and chunk.store is not None:
@@ -522,7 +614,7 @@ def _accept_chunk(chunk: _Chunk, lines: int, seen: set[str], lookup: bool,
 
             st_table = st_table.filter(np.repeat(keep, ep_table["n_steps"].to_numpy()))
             ep_table = ep_table.filter(keep)
-        _insert_tables(out.db, ep_table, st_table)
+        out.insert(ep_table, st_table)
     if out.arrow_sink is not None and chunk.arrow is not None:
         table = _shift_source_line(chunk.arrow, lines)
         out.arrow_sink(table if all(keep) else table.filter(keep))
