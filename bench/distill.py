@@ -15,7 +15,10 @@ on a shared machine hits both alike; the time a process waits for its turn is no
 1. xpkit — ``xpkit.core.distill.distill(method=["insight"])`` end to end with the default
    model and settings and a fresh, empty response cache (``XPKIT_HOME`` in a temp dir):
    reading the episodes, planning and rendering the jobs, the runtime (token counting,
-   validation, retries, the cache writes), growing the library, the sink;
+   validation and output checks, the cache writes), growing the library, the sink. With
+   ``retries=0``, so that it sends each request once, as the limit does: an output that
+   fails its checks is rejected rather than retried (retries are extra model work that the
+   limit never does; in normal use the default of 2 applies);
 2. raw — the limit: the very requests distill sends (built by the insight distiller's
    ``jobs(...)`` with distill's options, in the order the runtime sends them: batches of
    ``BATCH_JOBS`` jobs, each sorted by its messages), sent one by one to
@@ -102,8 +105,8 @@ def planned_requests(episodes_file: Path) -> tuple[list[dict[str, Any]], int]:
         # LLM.run answers a batch's misses sorted by their messages (shared prefixes).
         batch.sort(key=lambda r: [(str(m.get("role")), str(m.get("content")))
                                   for m in r.messages()])
-        order += [{"messages": r.messages(), "schema": r.schema, "max_tokens": r.max_tokens}
-                  for r in batch]
+        order += [{"messages": r.messages(), "schema": r.schema, "max_tokens": r.max_tokens,
+                   "check": r.check.name if r.check else None} for r in batch]
     return order, len(jobs)
 
 
@@ -195,7 +198,7 @@ def phase_xpkit(work: Path, block: int) -> None:
     progress callback, where this bench takes its turns)."""
     import xpkit.core.llm as runtime
     from xpkit.core.distill import distill
-    from xpkit.core.llm import Request
+    from xpkit.core.llm import OutputCheck, Request
 
     gate = Gate()
     requests = load_requests(work)
@@ -232,15 +235,19 @@ def phase_xpkit(work: Path, block: int) -> None:
     gate.wait("ready")
     before = gate.waited
     last[0] = time.perf_counter()
+    # retries=0: the limit sends each request once, so xpkit does too (the same work); its
+    # output checks still run, and an output that fails them is rejected, not retried.
     summary = distill([str(work / "episodes.jsonl")], method=["insight"], model=None,
                       sink=units.extend, rejects=str(work / "distill-rejects.jsonl"),
-                      on_progress=on_progress)
+                      on_progress=on_progress, llm_options={"retries": 0})
     wall = time.perf_counter() - t0 - gate.waited
     (llm,) = captured
     st = llm.stats
     # Outside the clock: what each planned request got (from the response cache), in the
     # order of requests.jsonl, to compare with raw's outputs.
-    keys = [llm.key(Request(r["messages"], schema=r["schema"], max_tokens=r["max_tokens"]))
+    keys = [llm.key(Request(r["messages"], schema=r["schema"], max_tokens=r["max_tokens"],
+                            check=OutputCheck(r["check"], lambda _d: None) if r["check"]
+                            else None))
             for r in requests]
     hits = llm.cache.get_responses(keys) if llm.cache is not None else {}
     got = [hits.get(k) for k in keys]
@@ -407,7 +414,7 @@ def report(n: int, results: dict[str, tuple[dict[str, Any], str]],
           f"raw: {raw_valid}/{len(raw['texts'])} schema-valid, "
           f"{sum(f == 'length' for f in raw['finish'])} cut off at max_tokens; "
           f"{copied}/{len(raw['texts'])} of xpkit's outputs copy the prompt's form "
-          "placeholders (a quality note: speed does not depend on it)")
+          "placeholders (rejected by distill's output check; speed does not depend on it)")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,10 @@ def distill(
     merge_threshold: Annotated[float, typer.Option(
         "--merge-threshold", min=0.0, max=1.0,
         help="Lexical similarity at which a new unit merges into an existing one.")] = 0.6,
+    embed_threshold: Annotated[float, typer.Option(
+        "--embed-threshold", min=-1.0, max=1.0,
+        help="Cosine similarity at which a new unit merges into an existing one, when the "
+             "store's unit index has embeddings (xpkit index --embed-model).")] = 0.9,
     max_units: Annotated[int | None, typer.Option(
         "--max-units", min=1, show_default=False,
         help="Cap the library; the least useful units are evicted (lowest posterior "
@@ -94,7 +98,8 @@ def distill(
             summary = core_distill(
                 inputs or [], method=methods, store=store, model=model,
                 granularity=granularity, batch_episodes=batch_episodes,
-                merge_threshold=merge_threshold, max_units=max_units, output=output,
+                merge_threshold=merge_threshold, embed_threshold=embed_threshold,
+                max_units=max_units, output=output,
                 rejects=rejects, strict=strict,
                 sink=writer.write_many if writer else None, on_progress=on_progress,
                 llm_options=llm_options,

@@ -31,7 +31,15 @@ from string import Template
 from typing import Any, ClassVar
 
 from xpkit.core.errors import RecordError, StrictModeError, UsageError
-from xpkit.core.library import DEFAULT_THRESHOLD, content_words, evict, grow, merge_shards
+from xpkit.core.index import indexed_unit_vectors, unit_index_text
+from xpkit.core.library import (
+    DEFAULT_EMBED_THRESHOLD,
+    DEFAULT_THRESHOLD,
+    content_words,
+    evict,
+    grow,
+    merge_shards,
+)
 from xpkit.core.llm import (
     OutputCheck,
     Request,
@@ -290,6 +298,7 @@ def distill(
     granularity: str = "principle",
     batch_episodes: int = 4,
     merge_threshold: float = DEFAULT_THRESHOLD,
+    embed_threshold: float = DEFAULT_EMBED_THRESHOLD,
     max_units: int | None = None,
     output: str | None = None,
     rejects: str | None = None,
@@ -323,6 +332,7 @@ def distill(
             llm = get_llm(model, **(llm_options or {}))
             options.model_name = llm.name
         library = {u["unit_id"]: u for u in (db.units() if db else [])}
+        vectors = _LibraryVectors.of(db)
         if db is not None:
             db.con.execute("BEGIN TRANSACTION")
         changed: dict[str, dict[str, Any]] = {}
@@ -333,7 +343,11 @@ def distill(
             for start in range(0, len(jobs), BATCH_JOBS):
                 batch = jobs[start:start + BATCH_JOBS]
                 units = _run_batch(d, batch, llm, summary, quarantine, on_progress)
-                delta = grow(library.values(), units, threshold=merge_threshold)
+                if vectors is not None:
+                    vectors.add(units)
+                delta = grow(library.values(), units, threshold=merge_threshold,
+                             vectors=vectors.by_id if vectors else None,
+                             embed_threshold=embed_threshold)
                 summary.new += len(delta.added)
                 summary.merged += len(delta.merged)
                 summary.by_method[m] = summary.by_method.get(m, 0) + len(delta.added)
@@ -376,6 +390,34 @@ def distill(
             db.close()
     summary.rejects_path = quarantine.path if quarantine.count else None
     return summary
+
+
+class _LibraryVectors:
+    """Embeddings of the library's units, when the store's unit index has them: the indexed
+    vectors of existing units, and new units embedded with the index's own model (cached)
+    so that ``grow`` can merge paraphrases that share few words."""
+
+    def __init__(self, embedder: Any, by_id: dict[str, Any]) -> None:
+        self.embedder = embedder
+        self.by_id = by_id
+
+    @classmethod
+    def of(cls, db: Store | None) -> _LibraryVectors | None:
+        found = indexed_unit_vectors(db.con) if db is not None else None
+        if found is None:
+            return None
+        from xpkit.core.vectors import get_embedder
+
+        model, by_id = found
+        return cls(get_embedder(model), by_id)
+
+    def add(self, units: list[dict[str, Any]]) -> None:
+        from xpkit.core.vectors import embed
+
+        todo = [u for u in units if u["unit_id"] not in self.by_id]
+        if todo:
+            vecs = embed(self.embedder, [unit_index_text(u) for u in todo])
+            self.by_id.update(zip((u["unit_id"] for u in todo), vecs, strict=True))
 
 
 def _run_batch(d: Distiller, jobs: list[Job], llm: Any, summary: DistillSummary,

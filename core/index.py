@@ -70,6 +70,28 @@ class Level:
             "/*EPISODES*/", "WHERE episode_id IN (SELECT unnest(?))" if episodes else "")
 
 
+def unit_index_text(unit: dict[str, Any]) -> str:
+    """The text the unit index holds for ``unit``: what ``_UNIT_SQL`` selects as ``text``
+    (``concat_ws`` skips the fields that are null)."""
+    return "\n".join(v for v in (unit.get("title"), unit.get("when"), unit.get("content"),
+                                 unit.get("example")) if v is not None)
+
+
+def indexed_unit_vectors(con: Any) -> tuple[str, dict[str, Any]] | None:
+    """The unit index's embedding model and its vectors (unit id -> vector), if the store
+    has a unit index with embeddings; else ``None``."""
+    import numpy as np
+
+    info = IndexInfo.read(con, "unit")
+    if info is None or not info.embed_model:
+        return None
+    rows = con.execute("""
+        SELECT d.key, v.vector FROM index_vectors v
+        JOIN index_docs d ON d.index_name = v.index_name AND d.doc_no = v.doc_no
+        WHERE v.index_name = 'unit'""").fetchall()
+    return info.embed_model, {key: np.asarray(vec, np.float32) for key, vec in rows}
+
+
 _UNIT_SQL = """
     SELECT unit_id AS key, concat_ws(chr(10), title, "when", content, example) AS text,
            unit_id, kind, title, "when", content, example, polarity, tags, stats,

@@ -8,7 +8,8 @@ is what causes "context collapse" when a model rewrites its whole playbook.
 
 Two units are near-duplicates when they have the same kind and their lexical similarity
 (Jaccard of content-word sets of title + when + content) reaches the threshold, or, when
-vectors are supplied, their cosine similarity reaches ``embed_threshold``.
+vectors are supplied (``distill`` supplies them when the store's unit index holds
+embeddings), their cosine similarity reaches ``embed_threshold``.
 
 Merging shards: ``merge_shards`` clusters the union of all shards' units by connected
 components of the near-duplicate graph, then collapses each cluster to its representative
@@ -20,13 +21,16 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from xpkit.core.units import merge_stats, normalize_evidence
 
 DEFAULT_THRESHOLD = 0.6
+DEFAULT_EMBED_THRESHOLD = 0.9
 _WORD = re.compile(r"[a-z0-9]+")
 _STOP = frozenset((
     "a", "an", "and", "are", "as", "at", "be", "by", "for", "from", "has", "have", "if", "in",
@@ -70,12 +74,16 @@ def _rank_key(unit: dict[str, Any]) -> tuple[int, str]:
 
 
 class _Index:
-    """Candidate lookup: an inverted index of content words, per kind."""
+    """Candidate lookup: an inverted index of content words, per kind; and, with
+    ``vectors`` (unit id -> L2-normalised embedding), a matrix of the vectors per kind."""
 
-    def __init__(self) -> None:
+    def __init__(self, vectors: Mapping[str, np.ndarray] | None = None) -> None:
         self.words: dict[str, frozenset[str]] = {}
         self.kind: dict[str, str] = {}
         self.postings: dict[tuple[str, str], set[str]] = defaultdict(set)
+        self.vectors = vectors or {}
+        self.vector_ids: dict[str, list[str]] = defaultdict(list)
+        self._matrix: dict[str, np.ndarray] = {}
 
     def add(self, unit: dict[str, Any]) -> None:
         uid = unit["unit_id"]
@@ -84,8 +92,33 @@ class _Index:
         self.kind[uid] = unit["kind"]
         for w in words:
             self.postings[(unit["kind"], w)].add(uid)
+        if uid in self.vectors:
+            self.vector_ids[unit["kind"]].append(uid)
+            self._matrix.pop(unit["kind"], None)
 
-    def best(self, unit: dict[str, Any], threshold: float) -> tuple[str | None, float]:
+    def best(self, unit: dict[str, Any], threshold: float,
+             embed_threshold: float = 1.0) -> tuple[str | None, float]:
+        """The existing unit this one duplicates: the lexically closest at ``threshold``,
+        else the closest by cosine at ``embed_threshold`` (ties: the smaller id)."""
+        best, sim = self._best_lexical(unit, threshold)
+        if best is None and unit["unit_id"] in self.vectors:
+            best, sim = self._best_vector(unit, embed_threshold)
+        return best, sim
+
+    def _best_vector(self, unit: dict[str, Any], threshold: float) -> tuple[str | None, float]:
+        kind = unit["kind"]
+        ids = self.vector_ids.get(kind)
+        if not ids:
+            return None, 0.0
+        if kind not in self._matrix:
+            self._matrix[kind] = np.stack([self.vectors[i] for i in ids])
+        sims = self._matrix[kind] @ self.vectors[unit["unit_id"]]
+        top = float(sims.max())
+        if top < threshold:
+            return None, 0.0
+        return min(i for i, s in zip(ids, sims, strict=True) if s == top), top
+
+    def _best_lexical(self, unit: dict[str, Any], threshold: float) -> tuple[str | None, float]:
         words = content_words(unit_text(unit))
         overlap: dict[str, int] = defaultdict(int)
         for w in words:
@@ -110,13 +143,18 @@ class GrowResult:
 
 
 def grow(existing: Iterable[dict[str, Any]], new: Iterable[dict[str, Any]], *,
-         threshold: float = DEFAULT_THRESHOLD) -> GrowResult:
+         threshold: float = DEFAULT_THRESHOLD,
+         vectors: Mapping[str, np.ndarray] | None = None,
+         embed_threshold: float = DEFAULT_EMBED_THRESHOLD) -> GrowResult:
     """Apply new units to a library as a delta: merge near-duplicates, add the rest.
 
     ``existing`` is not modified; ``updated`` holds the new versions of existing units that
     absorbed a new one, ``added`` the new units (which later new units may also merge into).
+    With ``vectors`` (unit id -> L2-normalised embedding, for the units that have one), a new
+    unit with no lexical near-duplicate merges into the existing unit of its kind whose
+    cosine similarity is highest and at least ``embed_threshold``.
     """
-    index = _Index()
+    index = _Index(vectors)
     library: dict[str, dict[str, Any]] = {}
     for u in existing:
         library[u["unit_id"]] = u
@@ -125,7 +163,7 @@ def grow(existing: Iterable[dict[str, Any]], new: Iterable[dict[str, Any]], *,
     added_ids: dict[str, int] = {}
     for u in new:
         uid = u["unit_id"]
-        target = uid if uid in library else index.best(u, threshold)[0]
+        target = uid if uid in library else index.best(u, threshold, embed_threshold)[0]
         if target is None:
             library[uid] = u
             index.add(u)

@@ -9,10 +9,11 @@ import duckdb
 import orjson
 import pytest
 
-from tests.llm_fakes import ScriptedModel, scripted_fixture  # noqa: F401
+from tests.llm_fakes import ScriptedEmbedModel, ScriptedModel, scripted_fixture  # noqa: F401
 from xpkit.core.distill import distill, merge_shard_files
 from xpkit.core.library import evict, grow, merge_shards
 from xpkit.core.records import make_episode, make_step
+from xpkit.core.store import Store
 from xpkit.core.units import make_unit
 from xpkit.plugins.distillers.contrast import find_pairs
 
@@ -136,6 +137,49 @@ def test_a_retry_that_answers_properly_is_kept(scripted, tmp_path):
                       rejects=str(tmp_path / "r.jsonl"))
     assert summary.rejected == 0 and len(model.calls) == 2
     assert [u["content"] for u in out] == [RULE[2]]
+
+
+PARAPHRASE = ("Fix misspelled entity names", "if a lookup returns no results",
+              "Retry the query using the precise page name rather than stopping.")
+
+
+class ConceptEmbedModel(ScriptedEmbedModel):
+    """Vectors by concept: texts about retrying a misspelled search point one way, the rest
+    another, so that a paraphrase with few shared words is close and the rest is not."""
+
+    def embed_batch(self, texts):
+        self.embedded.extend(texts)
+        retry = {"spelling", "misspelled", "again", "retry"}
+        return [[1.0, 0.1] if retry & set(t.lower().split()) else [0.0, 1.0] for t in texts]
+
+
+@pytest.mark.parametrize("indexed_vectors", [True, False])
+def test_a_paraphrase_merges_by_embedding_when_the_unit_index_has_vectors(scripted, tmp_path,
+                                                                          indexed_vectors):
+    from xpkit.core.index import index
+    from xpkit.core.library import content_words, jaccard, unit_text
+
+    store = str(tmp_path / "s.duckdb")
+    src = write_episodes(tmp_path / "e.jsonl", [episode("Who wrote Emma?", True),
+                                                episode("Who wrote Dune?", False)])
+    scripted.model("m", insight_json((*RULE, ["E1"])))
+    distill([src], method=["insight"], model="scripted:m", store=store, batch_episodes=2)
+    scripted.embedder.models["concepts"] = ConceptEmbedModel(dim=2)
+    index([], store=store, embed_model="scripted:concepts" if indexed_vectors else None)
+    para = dict(zip(("title", "when", "content"), PARAPHRASE, strict=True))
+    old = dict(zip(("title", "when", "content"), RULE, strict=True))
+    assert jaccard(content_words(unit_text(para)), content_words(unit_text(old))) < 0.2
+    scripted.model("m2", insight_json((*PARAPHRASE, ["E2"]), (*OTHER_RULE, ["E1"])))
+    summary = distill([src], method=["insight"], model="scripted:m2", store=store,
+                      batch_episodes=2)
+    units = {u["title"]: u for u in Store.open(store, read_only=True).units()}
+    if indexed_vectors:  # merged into the old unit (its wording kept); the other rule added
+        assert (summary.merged, summary.new) == (1, 1)
+        assert set(units) == {RULE[0], OTHER_RULE[0]}
+        assert len(units[RULE[0]]["evidence"]) == 2
+    else:  # lexically distinct: added
+        assert (summary.merged, summary.new) == (0, 2)
+        assert set(units) == {RULE[0], PARAPHRASE[0], OTHER_RULE[0]}
 
 
 def test_counters_survive_a_merge_into_the_store(scripted, tmp_path):
