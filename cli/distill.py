@@ -38,10 +38,12 @@ def distill(
     merge_threshold: Annotated[float, typer.Option(
         "--merge-threshold", min=0.0, max=1.0,
         help="Lexical similarity at which a new unit merges into an existing one.")] = 0.6,
-    embed_threshold: Annotated[float, typer.Option(
-        "--embed-threshold", min=-1.0, max=1.0,
-        help="Cosine similarity at which a new unit merges into an existing one, when the "
-             "store's unit index has embeddings (xpkit index --embed-model).")] = 0.9,
+    embed_threshold: Annotated[float | None, typer.Option(
+        "--embed-threshold", min=-1.0, max=1.0, show_default=False,
+        help="Also merge a new unit into an existing one whose embedding has at least this "
+             "cosine similarity, using the vectors of the store's unit index (xpkit index "
+             "--embed-model). Off by default: the right value depends on the embedding "
+             "model.")] = None,
     max_units: Annotated[int | None, typer.Option(
         "--max-units", min=1, show_default=False,
         help="Cap the library; the least useful units are evicted (lowest posterior "

@@ -298,7 +298,7 @@ def distill(
     granularity: str = "principle",
     batch_episodes: int = 4,
     merge_threshold: float = DEFAULT_THRESHOLD,
-    embed_threshold: float = DEFAULT_EMBED_THRESHOLD,
+    embed_threshold: float | None = None,
     max_units: int | None = None,
     output: str | None = None,
     rejects: str | None = None,
@@ -332,7 +332,7 @@ def distill(
             llm = get_llm(model, **(llm_options or {}))
             options.model_name = llm.name
         library = {u["unit_id"]: u for u in (db.units() if db else [])}
-        vectors = _LibraryVectors.of(db)
+        vectors = _LibraryVectors.of(db) if embed_threshold is not None else None
         if db is not None:
             db.con.execute("BEGIN TRANSACTION")
         changed: dict[str, dict[str, Any]] = {}
@@ -347,7 +347,7 @@ def distill(
                     vectors.add(units)
                 delta = grow(library.values(), units, threshold=merge_threshold,
                              vectors=vectors.by_id if vectors else None,
-                             embed_threshold=embed_threshold)
+                             embed_threshold=embed_threshold or DEFAULT_EMBED_THRESHOLD)
                 summary.new += len(delta.added)
                 summary.merged += len(delta.merged)
                 summary.by_method[m] = summary.by_method.get(m, 0) + len(delta.added)

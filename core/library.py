@@ -8,8 +8,8 @@ is what causes "context collapse" when a model rewrites its whole playbook.
 
 Two units are near-duplicates when they have the same kind and their lexical similarity
 (Jaccard of content-word sets of title + when + content) reaches the threshold, or, when
-vectors are supplied (``distill`` supplies them when the store's unit index holds
-embeddings), their cosine similarity reaches ``embed_threshold``.
+vectors are supplied (``distill --embed-threshold`` supplies those of the store's unit
+index), their cosine similarity reaches ``embed_threshold``.
 
 Merging shards: ``merge_shards`` clusters the union of all shards' units by connected
 components of the near-duplicate graph, then collapses each cluster to its representative

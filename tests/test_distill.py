@@ -153,9 +153,10 @@ class ConceptEmbedModel(ScriptedEmbedModel):
         return [[1.0, 0.1] if retry & set(t.lower().split()) else [0.0, 1.0] for t in texts]
 
 
-@pytest.mark.parametrize("indexed_vectors", [True, False])
-def test_a_paraphrase_merges_by_embedding_when_the_unit_index_has_vectors(scripted, tmp_path,
-                                                                          indexed_vectors):
+@pytest.mark.parametrize(("indexed_vectors", "embed_threshold"),
+                         [(True, 0.9), (False, 0.9), (True, None)])
+def test_a_paraphrase_merges_by_embedding_when_the_unit_index_has_vectors(
+        scripted, tmp_path, indexed_vectors, embed_threshold):
     from xpkit.core.index import index
     from xpkit.core.library import content_words, jaccard, unit_text
 
@@ -171,13 +172,13 @@ def test_a_paraphrase_merges_by_embedding_when_the_unit_index_has_vectors(script
     assert jaccard(content_words(unit_text(para)), content_words(unit_text(old))) < 0.2
     scripted.model("m2", insight_json((*PARAPHRASE, ["E2"]), (*OTHER_RULE, ["E1"])))
     summary = distill([src], method=["insight"], model="scripted:m2", store=store,
-                      batch_episodes=2)
+                      batch_episodes=2, embed_threshold=embed_threshold)
     units = {u["title"]: u for u in Store.open(store, read_only=True).units()}
-    if indexed_vectors:  # merged into the old unit (its wording kept); the other rule added
+    if indexed_vectors and embed_threshold:  # merged (its wording kept); the other added
         assert (summary.merged, summary.new) == (1, 1)
         assert set(units) == {RULE[0], OTHER_RULE[0]}
         assert len(units[RULE[0]]["evidence"]) == 2
-    else:  # lexically distinct: added
+    else:  # lexically distinct, and no vectors or no threshold: added
         assert (summary.merged, summary.new) == (0, 2)
         assert set(units) == {RULE[0], PARAPHRASE[0], OTHER_RULE[0]}
 
