@@ -10,19 +10,18 @@ from __future__ import annotations
 import gzip
 import io
 import random
-from pathlib import Path
 from typing import Any
 
 import duckdb
 import orjson
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import xpkit.core.ingest as ingest_mod
-from xpkit.core.io import RecordWriter, _read_jsonl, iter_jsonl_values
+from tests.test_ingest_parallel import run_ingest
+from xpkit.core.io import _read_jsonl, iter_jsonl_values
 from xpkit.core.records import (
     episode_arrow_schema,
     episode_for_arrow,
@@ -125,24 +124,6 @@ def test_seen_keys_are_compact_and_never_merge_distinct_ids():
 
 
 # --------------------------------------------------------------------------- end to end
-
-
-def run_ingest(tmp_path: Path, src: Path, tag: str, workers: int) -> tuple:
-    out, store = tmp_path / f"{tag}.parquet", tmp_path / f"{tag}.duckdb"
-    rejects = tmp_path / f"{tag}.rejects.jsonl"
-    writer = RecordWriter(str(out), arrow_schema=episode_arrow_schema(),
-                          arrow_transform=episode_for_arrow)
-    summary = ingest_mod.ingest([str(src)], store=str(store), rejects=str(rejects),
-                                arrow_sink=writer.write_arrow, workers=workers)
-    writer.close()
-    con = duckdb.connect(str(store), read_only=True)
-    rows = (con.execute("SELECT * EXCLUDE (run_id) FROM episodes ORDER BY source_line")
-            .fetchall(),
-            con.execute("SELECT * FROM steps ORDER BY episode_id, step").fetchall())
-    con.close()
-    entries = ([{k: v for k, v in orjson.loads(line).items() if k != "run_id"}
-                for line in rejects.read_bytes().splitlines()] if rejects.exists() else [])
-    return summary.counts(), pq.read_table(out), rows, entries
 
 
 @pytest.mark.real_data

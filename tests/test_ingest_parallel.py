@@ -71,8 +71,8 @@ def run_ingest(tmp_path, src, tag: str, workers: int):
     rows = (con.execute("SELECT * EXCLUDE (run_id) FROM episodes ORDER BY source_line").fetchall(),
             con.execute("SELECT * FROM steps ORDER BY episode_id, step").fetchall())
     con.close()
-    entries = [{k: v for k, v in orjson.loads(line).items() if k != "run_id"}
-               for line in rejects.read_bytes().splitlines()]
+    entries = ([{k: v for k, v in orjson.loads(line).items() if k != "run_id"}
+                for line in rejects.read_bytes().splitlines()] if rejects.exists() else [])
     return summary.counts(), pq.read_table(out), rows, entries
 
 

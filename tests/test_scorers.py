@@ -407,7 +407,7 @@ def test_judge_batches_items_and_maps_scores(scripted):
     assert (out[1].value, out[1].passed) == (0.25, False)
     assert (out[2].value, out[2].passed, out[2].detail) == (0.0, False, "no answer to judge")
     assert out[3].value is None and out[3].passed is None
-    assert out[3].error.startswith("the judge gave no valid verdict: no schema-valid output "
+    assert out[3].error.startswith("the judge gave no valid verdict: no valid output "
                                    "after 3 attempts")
     prompts = {c["messages"][-1]["content"]: c for c in model.calls}
     with_ref = next(c for p, c in prompts.items() if "\n42" in p.split("Answer to grade:")[1])
