@@ -18,9 +18,10 @@ Quality: CISI (1,460 abstracts, 76 judged queries): nDCG@10 and recall@100 for x
 bm25s with the same tokenization; with ``--dense MODEL`` also xpkit dense and hybrid (RRF).
 The abstracts are first embedded through xpkit's embedder, timed (texts/s, tokens/s, tokens
 per CPU-second, the load average), which fills the vector cache the index then reads.
-Embedding is the slow part: the bundled SmolLM2-135M takes about an hour for the 1,460
-abstracts (~260k tokens) on 2 CPU cores; an embedding server is faster
-(``--dense http://host:port/v1``).
+Embedding is the slow part: the bundled SmolLM2-135M takes 45-55 minutes for the 1,460
+abstracts (~250k tokens) on 2 CPU cores; an embedding server is faster
+(``--dense http://host:port/v1``). ``--embed-sample N`` times the embedder alone on the
+first N abstracts, uncached.
 
     python bench/retrieve.py                       # 100k units, 1,000 queries, CISI
     python bench/retrieve.py --units 200000 --dense default
@@ -215,12 +216,14 @@ def worker_rank_bm25(work: Path, k: int, n_queries: int) -> dict:
             "queries": len(qs), "rss_mb": _rss_mb()}
 
 
-def embed_throughput(spec: str, texts: list[str]) -> dict:
+def embed_throughput(spec: str, texts: list[str], no_cache: bool = False) -> dict:
     """Embed ``texts`` with xpkit's embedder (filling the vector cache that ``index`` then
-    reads): texts/s, tokens/s and tokens per CPU-second of the texts actually embedded."""
+    reads): texts/s, tokens/s and tokens per CPU-second of the texts actually embedded
+    (each distinct text once)."""
     from xpkit.core.embeddings import get_embedder
 
-    emb = get_embedder(spec)
+    texts = list(dict.fromkeys(texts))
+    emb = get_embedder(spec, no_cache=no_cache)
     handle = emb.handle
     window = handle.max_tokens
     tokens = 0
@@ -309,6 +312,16 @@ def _run_worker(name: str, args: argparse.Namespace, work: Path) -> dict:
     return res
 
 
+def _embedding_line(spec: str, e: dict) -> str:
+    if "texts_per_s" not in e:
+        return (f"embedding ({spec}): {e['cache_hits']:,} of {e['texts']:,} vectors came from "
+                "the cache; no throughput measured")
+    return (f"embedding ({spec}): {e['texts']:,} abstracts, {e['tokens']:,} tokens in "
+            f"{e['seconds']:.0f}s: {e['texts_per_s']:.2f} texts/s, {e['tokens_per_s']:.0f} "
+            f"tokens/s, {e['tokens_per_cpu_s']:.0f} tokens per CPU-second; load average "
+            f"{e['load_before']:.1f} -> {e['load_after']:.1f}")
+
+
 def _overlap(a: list[list[str]], b: list[list[str]]) -> float:
     n = sum(len(set(x) & set(y)) for x, y in zip(a, b, strict=True))
     d = sum(max(len(x), len(y)) for x, y in zip(a, b, strict=True))
@@ -323,12 +336,21 @@ def main() -> None:
     ap.add_argument("--rank-bm25-queries", type=int, default=20)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--dense", default=None, help="embedding model for CISI dense/hybrid")
+    ap.add_argument("--embed-sample", type=int, default=None, metavar="N",
+                    help="only time the --dense model on the first N CISI abstracts, uncached")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--skip", action="append", default=[],
                     help="skip a contender: xpkit, bm25s-numpy, bm25s-numba, rank_bm25, cisi")
     args = ap.parse_args()
 
+    if args.embed_sample:
+        from xpkit.core import smart
+
+        docs = smart.documents(args.data / "cisi" / "CISI.ALL.gz")[:args.embed_sample]
+        e = embed_throughput(args.dense or "default", [d["text"] for d in docs], no_cache=True)
+        print(_embedding_line(args.dense or "default", e))
+        return
     if args.worker:
         work = args.workdir
         if args.worker == "xpkit":
@@ -397,15 +419,8 @@ def main() -> None:
         for key, m in c.items():
             if isinstance(m, dict) and "ndcg@10" in m:
                 print(f"  {key:<14} nDCG@10 {m['ndcg@10']:.4f}   recall@100 {m['recall@100']:.4f}")
-        e = c.get("embedding")
-        if e and "texts_per_s" in e:
-            print(f"embedding ({args.dense}): {e['texts']:,} abstracts, {e['tokens']:,} tokens in "
-                  f"{e['seconds']:.0f}s: {e['texts_per_s']:.2f} texts/s, "
-                  f"{e['tokens_per_s']:.0f} tokens/s, {e['tokens_per_cpu_s']:.0f} tokens per "
-                  f"CPU-second; load average {e['load_before']:.1f} -> {e['load_after']:.1f}")
-        elif e:
-            print(f"embedding ({args.dense}): {e['cache_hits']:,} of {e['texts']:,} vectors "
-                  "came from the cache; no throughput measured")
+        if c.get("embedding"):
+            print(_embedding_line(args.dense, c["embedding"]))
     tmp.cleanup()
 
 

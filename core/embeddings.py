@@ -6,13 +6,11 @@ built-in llama.cpp embedder loads the model with ``embedding=True`` and **mean p
 over the last hidden states of the text's tokens, and decodes several texts per batch.
 Every vector is L2-normalized here, whatever the backend, so a dot product is the cosine.
 
-Cost: the bundled SmolLM2-135M (Q4_1) embeds 65-75 tokens per CPU-second on this 2-core Xeon:
-a 180-token abstract costs ~2.7 CPU-seconds, a 10-token title ~0.15, so two free cores would
-give about 0.8 abstracts or 10 short texts per second (not measured: the machine was never
-idle); at load average 8 on those two cores it measured 0.17-0.18 abstracts/s and 2.7-4
-short texts/s. So 100k texts take hours, which is why no command embeds large inputs
-unless asked. Each distinct text is embedded once: vectors are cached by (model identity,
-embedder, token window, text) in the shared cache (``core.llm_cache``).
+Cost: the bundled SmolLM2-135M (Q4_1) embeds about 90 tokens/s on this 2-core Xeon when
+idle (55 tokens per CPU-second; llama.cpp's prompt-evaluation rate for the model): 0.5
+CISI abstracts/s of ~170 tokens, so 100k texts take hours, which is why no command embeds
+large inputs unless asked. Each distinct text is embedded once: vectors are cached by
+(model identity, embedder, token window, text) in the shared cache (``core.llm_cache``).
 
 Long texts follow one stated rule: a text longer than ``embed_ctx`` model tokens is
 embedded from its first ``embed_ctx`` tokens (its head), and the count of such texts is
