@@ -29,7 +29,7 @@ demo: $(STAMP)
 	# 2. episodes -> units: exemplars (no model), then insights from the bundled model
 	$(BIN)/xpkit distill --store $(DEMO)/lib.duckdb --method exemplar
 	$(BIN)/xpkit ingest examples/data/gsm8k_model_solutions_sample.jsonl -o $(DEMO)/gsm8k.jsonl
-	head -n 4 $(DEMO)/gsm8k.jsonl | $(BIN)/xpkit distill --method insight --store $(DEMO)/lib.duckdb
+	head -n 4 $(DEMO)/gsm8k.jsonl | $(BIN)/xpkit distill - --method insight --store $(DEMO)/lib.duckdb
 	# 3. units -> search index; 4. tasks -> tasks with packed context
 	$(BIN)/xpkit index --store $(DEMO)/lib.duckdb < /dev/null
 	$(BIN)/xpkit retrieve --store $(DEMO)/lib.duckdb --budget-tokens 1500 < examples/queries.jsonl > $(DEMO)/retrieved.jsonl

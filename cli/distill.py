@@ -113,8 +113,9 @@ def distill(
         raise
     if writer is not None:
         writer.close()
+    retried = f", {summary.retries:,} retries" if summary.retries else ""
     err.print(f"distill: {summary.episodes:,} episodes read, {summary.calls:,} model calls "
-              f"({summary.cached:,} cached); units: {summary.new:,} new, "
+              f"({summary.cached:,} cached{retried}); units: {summary.new:,} new, "
               f"{summary.merged:,} merged, {summary.rejected:,} rejected"
               + (f", {summary.evicted:,} evicted" if summary.evicted else ""))
     if summary.rejects_path:

@@ -254,6 +254,7 @@ class DistillSummary:
     jobs: int = 0
     calls: int = 0
     cached: int = 0
+    retries: int = 0  # extra attempts after invalid output (not counted in calls)
     new: int = 0
     merged: int = 0
     rejected: int = 0
@@ -263,8 +264,9 @@ class DistillSummary:
     run_id: str = ""
 
     def counts(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("episodes", "jobs", "calls", "cached", "new",
-                                              "merged", "rejected", "evicted", "by_method")}
+        return {k: getattr(self, k) for k in ("episodes", "jobs", "calls", "cached", "retries",
+                                              "new", "merged", "rejected", "evicted",
+                                              "by_method")}
 
 
 def available_distillers() -> dict[str, Distiller]:
@@ -432,6 +434,7 @@ def _run_batch(d: Distiller, jobs: list[Job], llm: Any, summary: DistillSummary,
     for job, c in zip(jobs, completions, strict=True):
         summary.calls += 1
         summary.cached += c.cached
+        summary.retries += max(c.attempts - 1, 0) if not c.cached else 0
         if not c.ok:
             summary.rejected += 1
             quarantine.reject(file=d.name, line=0, unit="job", reason=c.rejection.reason,

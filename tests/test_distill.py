@@ -119,6 +119,7 @@ def test_output_that_fills_in_the_prompt_form_is_retried_then_quarantined(script
                       store=str(tmp_path / "s.duckdb"))
     assert out == [] and summary.new == 0 and summary.calls >= 1
     assert summary.rejected == summary.calls and len(model.calls) == 3 * summary.calls
+    assert summary.retries == 2 * summary.calls
     entries = [json.loads(line) for line in rejects.read_text().splitlines()]
     assert len(entries) == summary.rejected
     assert all("copies the prompt's form" in e["reason"] and e["raw"] == form["text"]
