@@ -41,16 +41,20 @@ def kept_line(row: dict) -> int:
     return int(row["kept_at"].rsplit(":", 1)[1])
 
 
-def word_edits_at_most(a: str, b: str, k: int) -> bool:
-    """Word-token Levenshtein distance <= k (the test's notion of 'a few word edits')."""
-    x, y = WORD.findall(a.casefold()), WORD.findall(b.casefold())
-    prev = list(range(len(y) + 1))
-    for i, u in enumerate(x, 1):
+def levenshtein(a: list[str], b: list[str]) -> int:
+    """Edit distance between two word lists, by the textbook dynamic programme."""
+    prev = list(range(len(b) + 1))
+    for i, u in enumerate(a, 1):
         cur = [i]
-        for j, v in enumerate(y, 1):
+        for j, v in enumerate(b, 1):
             cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (u != v)))
         prev = cur
-    return prev[-1] <= k
+    return prev[-1]
+
+
+def word_edits_at_most(a: str, b: str, k: int) -> bool:
+    """Word-token Levenshtein distance <= k (the test's notion of 'a few word edits')."""
+    return levenshtein(WORD.findall(a.casefold()), WORD.findall(b.casefold())) <= k
 
 
 def small_edit(text: str, rng: random.Random) -> str:
@@ -307,15 +311,6 @@ def test_short_texts_a_few_words_apart_are_not_near_duplicates():
 
 def test_word_edit_distance_is_levenshtein_over_words():
     from xpkit.core.dedup import word_edit_distance
-
-    def levenshtein(a: list[str], b: list[str]) -> int:
-        prev = list(range(len(b) + 1))
-        for i, u in enumerate(a, 1):
-            cur = [i]
-            for j, v in enumerate(b, 1):
-                cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (u != v)))
-            prev = cur
-        return prev[-1]
 
     rng = random.Random(3)
     for _ in range(3000):
