@@ -349,7 +349,8 @@ def distill(
                     vectors.add(units)
                 delta = grow(library.values(), units, threshold=merge_threshold,
                              vectors=vectors.by_id if vectors else None,
-                             embed_threshold=embed_threshold or DEFAULT_EMBED_THRESHOLD)
+                             embed_threshold=DEFAULT_EMBED_THRESHOLD if embed_threshold is None
+                             else embed_threshold)
                 summary.new += len(delta.added)
                 summary.merged += len(delta.merged)
                 summary.by_method[m] = summary.by_method.get(m, 0) + len(delta.added)
