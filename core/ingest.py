@@ -32,9 +32,8 @@ from xpkit.core.io import (
     DEFAULT_BATCH_SIZE,
     Source,
     SourceRow,
-    iter_jsonl_values,
     open_binary,
-    read_jsonl_bytes,
+    read_jsonl_range,
     read_rows,
     resolve_inputs,
     splittable_size,
@@ -340,7 +339,7 @@ class _Outputs:
 
 
 def _parse_batch(batch: list[SourceRow], fmt: InputFormat, options: FormatOptions,
-                 summary: IngestSummary, quarantine: Quarantine
+                 summary: IngestSummary, quarantine: Quarantine | _RejectLog
                  ) -> list[dict[str, Any]]:
     episodes: list[dict[str, Any]] = []
     parse = fmt.parse
@@ -453,6 +452,16 @@ def _store_tables(table: Any, run_id: str) -> tuple[Any, Any]:
 # --------------------------------------------------------------------------- in parallel
 
 
+class _RejectLog:
+    """Quarantine entries a worker collects for the main process to write."""
+
+    def __init__(self) -> None:
+        self.entries: list[dict[str, Any]] = []
+
+    def reject(self, **entry: Any) -> None:
+        self.entries.append(entry)
+
+
 @dataclass
 class _Chunk:
     """What a worker made of one byte range of a file; line numbers count from its start."""
@@ -512,67 +521,38 @@ _worker_formats: dict[str, InputFormat] = {}
 
 def _parse_chunk(path: str, name: str, start: int, end: int, fmt_name: str,
                  options: FormatOptions, want_arrow: bool, store_run: str | None) -> _Chunk:
-    """Read and parse one byte range of a file (in a worker process): what ``_parse_batch``
-    makes of ``read_jsonl_range``, without a ``SourceRow`` or a ``source`` dict per record.
-    Episodes become Arrow a few hundred at a time, so few are ever held as Python objects."""
+    """Read and parse one byte range of a file (in a worker process). Episodes become Arrow
+    ``_ARROW_BATCH`` records at a time, so few are ever held as Python objects."""
     import pyarrow as pa
 
     if not _worker_formats:
         _worker_formats.update(available_formats())
     fmt = _worker_formats[fmt_name]
-    parse = fmt.parse
     build = want_arrow or store_run is not None
     # Parsing makes many short-lived dicts and no cycles: the cycle collector would
     # only rescan them (~10% of the time). It runs again once the chunk is done.
     gc.disable()
     try:
-        data, lines = read_jsonl_bytes(path, start, end)
-        rejects: list[dict[str, Any]] = []
+        batches, lines = read_jsonl_range(path, name, start, end, _ARROW_BATCH)
+        summary = IngestSummary()
+        rejects = _RejectLog()
         keys: list[int | str] = []
         tables: list[Any] = []
-        episodes: list[dict[str, Any]] = []
-        ep_lines: list[int] = []  # the line of each episode, for its source
-        records = 0
-        for line, value, error, raw in iter_jsonl_values(data, start == 0):
-            records += 1
-            if error is not None:
-                rejects.append({"file": name, "line": line, "unit": "line", "reason": error,
-                                "field": None, "raw": raw})
-                continue
-            try:
-                result = parse(value, options)
-            except RecordError as exc:
-                rejects.append({"file": name, "line": line, "unit": "line",
-                                "reason": f"{fmt.name}: {exc.reason}", "field": exc.field,
-                                "record": value})
-                continue
-            if isinstance(result, list):
-                episodes += result
-                ep_lines += [line] * len(result)
-            else:
-                episodes.append(result)
-                ep_lines.append(line)
-            if len(episodes) >= _ARROW_BATCH:
-                keys += [_seen_key(ep["episode_id"]) for ep in episodes]
-                if build:
-                    tables.append(episodes_to_arrow(episodes, (fmt.name, name, ep_lines)))
-                episodes, ep_lines = [], []
-        del data
-        if episodes:
+        for batch in batches:
+            episodes = _parse_batch(batch, fmt, options, summary, rejects)
             keys += [_seen_key(ep["episode_id"]) for ep in episodes]
-            if build:
-                tables.append(episodes_to_arrow(episodes, (fmt.name, name, ep_lines)))
-        del episodes
+            if build and episodes:
+                tables.append(episodes_to_arrow(episodes))
         table = pa.concat_tables(tables) if tables else None
-        return _Chunk(lines, records, records - len(rejects), len(rejects), rejects, keys,
-                      table if want_arrow else None,
+        return _Chunk(lines, summary.records, summary.parsed, summary.rejected,
+                      rejects.entries, keys, table if want_arrow else None,
                       _store_tables(table, store_run) if store_run and table is not None
                       else None)
     finally:
         gc.enable()
 
 
-# Episodes a worker converts to Arrow at a time (see _parse_chunk).
+# Records a worker turns into Arrow at a time (see _parse_chunk).
 _ARROW_BATCH = 500
 
 

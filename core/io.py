@@ -297,23 +297,15 @@ def splittable_size(source: Source) -> int:
 
 
 def read_jsonl_range(path: str, name: str, start: int, end: int,
-                     batch_size: int = DEFAULT_BATCH_SIZE) -> tuple[list[SourceRow], int]:
-    """The rows of the lines of a plain JSONL file that start in bytes ``[start, end)``, and
-    how many lines start there.
+                     batch_size: int = DEFAULT_BATCH_SIZE
+                     ) -> tuple[Iterator[list[SourceRow]], int]:
+    """Batches of the rows of the lines of a plain JSONL file that start in bytes
+    ``[start, end)``, and how many lines start there.
 
     A line belongs to the range it starts in, so ranges that tile a file read every line
     once. Line numbers count from 1 at the range's first line: add the number of lines in
     the ranges before it for the line in the file.
     """
-    data, lines = read_jsonl_bytes(path, start, end)
-    rows = [row for batch in _read_jsonl(io.BytesIO(data), name, batch_size, start == 0)
-            for row in batch]
-    return rows, lines
-
-
-def read_jsonl_bytes(path: str, start: int, end: int) -> tuple[bytes, int]:
-    """The bytes of the lines of a plain JSONL file that start in ``[start, end)`` (see
-    ``read_jsonl_range``), and how many lines that is."""
     with open(path, "rb") as f:
         if start > 0:
             f.seek(start - 1)
@@ -323,39 +315,7 @@ def read_jsonl_bytes(path: str, start: int, end: int) -> tuple[bytes, int]:
         if data and not data.endswith(b"\n"):
             data += f.readline()  # the last line starts in the range: read all of it
     lines = data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
-    return data, lines
-
-
-def iter_jsonl_values(data: bytes, at_start: bool = True
-                      ) -> Iterator[tuple[int, Any, str | None, bytes | None]]:
-    """``(line, value, error, raw)`` for each non-blank line of JSON lines in ``data``: what
-    ``_read_jsonl`` puts in a ``SourceRow``, without building one (``raw`` only with an error).
-
-    The fast path for large files: it parses each line without its newline and strips
-    nothing, and redoes the work exactly as ``_read_jsonl`` does only for a line that fails.
-    """
-    loads = orjson.loads
-    decode_error = orjson.JSONDecodeError
-    pieces = data.split(b"\n")
-    last = len(pieces)  # the piece after the last newline has none of its own
-    if at_start and pieces[0].startswith(b"\xef\xbb\xbf"):
-        pieces[0] = pieces[0][3:]
-    for lineno, piece in enumerate(pieces, 1):
-        try:
-            value = loads(piece)
-        except decode_error:
-            raw = piece + b"\n" if lineno < last else piece
-            if not raw.strip():  # a blank line (orjson rejects an empty document)
-                continue
-            try:
-                loads(raw)
-            except decode_error as exc:
-                yield lineno, None, _describe_json_error(exc, raw), raw
-            continue
-        if type(value) is dict:
-            yield lineno, value, None, None
-        else:
-            yield lineno, None, _not_object(value), piece + b"\n" if lineno < last else piece
+    return _read_jsonl(io.BytesIO(data), name, batch_size, start == 0), lines
 
 
 def _looks_keyed(doc: dict) -> bool:

@@ -201,27 +201,19 @@ def episode_for_arrow(ep: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def episodes_to_arrow(episodes: list[dict[str, Any]],
-                      source: tuple[str, str, list[int]] | None = None) -> Any:
+def episodes_to_arrow(episodes: list[dict[str, Any]]) -> Any:
     """The episodes as an Arrow table in ``episode_arrow_schema()``.
 
     The same table as ``pa.Table.from_pylist([episode_for_arrow(e) for e in episodes],
     schema)``, built a column at a time, which is several times faster. Episodes of an
     unexpected shape (a plugin's) take that general route, with its errors.
-
-    ``source`` = (format, file, line of each episode) gives the ``source`` column instead of
-    the episodes' own ``source`` (which ingest's workers leave unset).
     """
     import pyarrow as pa
 
     schema = episode_arrow_schema()
     try:
-        return _episode_columns(episodes, schema, source)
+        return _episode_columns(episodes, schema)
     except (AttributeError, KeyError, TypeError, ValueError, pa.ArrowException):
-        if source is not None:
-            fmt, file, lines = source
-            for ep, line in zip(episodes, lines, strict=True):
-                ep["source"] = {"format": fmt, "file": file, "line": line}
         return pa.Table.from_pylist([episode_for_arrow(e) for e in episodes], schema=schema)
 
 
@@ -235,13 +227,11 @@ def _struct(values: list[Any], fields: Any, names: tuple[str, ...]) -> Any:
     return pa.StructArray.from_arrays(children, fields=list(fields), mask=mask)
 
 
-def _episode_columns(episodes: list[dict[str, Any]], schema: Any,
-                     source: tuple[str, str, list[int]] | None = None) -> Any:
+def _episode_columns(episodes: list[dict[str, Any]], schema: Any) -> Any:
     import pyarrow as pa
 
     dumps = orjson.dumps
     string = pa.string()
-    n = len(episodes)
     steps_lists = [ep.get("steps") or [] for ep in episodes]
     steps = list(chain.from_iterable(steps_lists))
     offsets = pa.array(list(accumulate(map(len, steps_lists), initial=0)), pa.int32())
@@ -258,17 +248,9 @@ def _episode_columns(episodes: list[dict[str, Any]], schema: Any,
         offsets, pa.StructArray.from_arrays(step_columns, fields=list(step_type)))
     source_type = schema.field("source").type
     outcome_type = schema.field("outcome").type
-    if source is None:
-        source_array = _struct([ep.get("source") for ep in episodes], source_type,
-                               ("format", "file", "line"))
-    else:
-        fmt, file, lines = source
-        source_array = pa.StructArray.from_arrays(
-            [pa.array([fmt] * n, string), pa.array([file] * n, string),
-             pa.array(lines, pa.int64())], fields=list(source_type))
     columns = [
         pa.array([ep.get("episode_id") for ep in episodes], string),
-        source_array,
+        _struct([ep.get("source") for ep in episodes], source_type, ("format", "file", "line")),
         pa.array([ep.get("task") for ep in episodes], string),
         step_array,
         _struct([ep.get("outcome") for ep in episodes], outcome_type,

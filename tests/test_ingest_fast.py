@@ -1,15 +1,13 @@
 """The fast paths of large ingests give what the plain paths give, byte for byte.
 
-Oracles: the straightforward implementations the fast code replaced (``SourceRow``
-reading, store rows built from episode dicts), and the one-process path against worker
+Oracles: the straightforward implementations the fast code replaced (store rows built from
+episode dicts, Arrow columns built row by row), and the one-process path against worker
 processes on real data.
 """
 
 from __future__ import annotations
 
 import gzip
-import io
-import random
 from typing import Any
 
 import duckdb
@@ -21,7 +19,6 @@ from hypothesis import strategies as st
 
 import xpkit.core.ingest as ingest_mod
 from tests.test_ingest_parallel import run_ingest
-from xpkit.core.io import _read_jsonl, iter_jsonl_values
 from xpkit.core.records import (
     episode_arrow_schema,
     episode_for_arrow,
@@ -29,34 +26,6 @@ from xpkit.core.records import (
     make_episode,
     make_step,
 )
-
-# --------------------------------------------------------------------------- oracles
-
-
-# --------------------------------------------------------------------------- reading
-
-
-def messy_bytes(rnd: random.Random, n: int = 600) -> bytes:
-    lines = [b"\xef\xbb\xbf" + orjson.dumps({"messages": [{"role": "user", "content": "hi"}]})]
-    for i in range(n):
-        r = rnd.random()
-        lines.append(b'{"messages": [truncated' if r < 0.05 else b"" if r < 0.1
-                     else b"  \t" if r < 0.13 else b"[1, 2]" if r < 0.16 else b"nul"
-                     if r < 0.18 else b'{"a": "caf\xe9"}' if r < 0.2
-                     else orjson.dumps({"i": i, "x": "y" * rnd.randint(0, 50)})
-                     + (b"\r" if r < 0.25 else b""))
-    return b"\n".join(lines)
-
-
-@pytest.mark.parametrize("seed", range(4))
-def test_iter_jsonl_values_reads_what_source_rows_hold(seed):
-    data = messy_bytes(random.Random(seed))
-    for variant in (data, data + b"\n", data + b"\n\n \n", b"\n" + data, data[:-7]):
-        for at_start in (True, False):
-            rows = [(r.line, r.value, r.error, r.raw) for batch in
-                    _read_jsonl(io.BytesIO(variant), "f", 50, at_start) for r in batch]
-            assert list(iter_jsonl_values(variant, at_start)) == rows
-
 
 # --------------------------------------------------------------------------- columns
 
@@ -74,19 +43,12 @@ def sample_episodes() -> list[dict[str, Any]]:
     return eps
 
 
-def test_source_columns_equal_source_dicts():
-    eps = sample_episodes()
-    lines = [ep["source"]["line"] for ep in eps]
-    want = episodes_to_arrow(eps)
-    bare = [{**ep, "source": {}} for ep in eps]
-    assert episodes_to_arrow(bare, ("f", "a.jsonl", lines)).equals(want, check_metadata=True)
-    # an episode of an unexpected shape takes the general route, with the same result
+def test_an_episode_of_unexpected_shape_takes_the_general_route():
     odd = [{**ep, "steps": [{k: v for k, v in s.items() if k != "content"} for s in ep["steps"]]}
-           for ep in bare]
-    general = pa.Table.from_pylist([episode_for_arrow({**e, "source": b["source"]})
-                                    for e, b in zip(odd, eps, strict=True)],
+           for ep in sample_episodes()]
+    general = pa.Table.from_pylist([episode_for_arrow(e) for e in odd],
                                    schema=episode_arrow_schema())
-    assert episodes_to_arrow(odd, ("f", "a.jsonl", lines)).equals(general, check_metadata=True)
+    assert episodes_to_arrow(odd).equals(general, check_metadata=True)
 
 
 def reference_store_rows(eps: list[dict[str, Any]], run_id: str) -> tuple[list, list]:

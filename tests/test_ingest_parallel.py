@@ -106,7 +106,7 @@ def test_byte_ranges_read_every_line_once_with_its_number(tmp_path):
         rows, before = [], 0
         for start in range(0, size, step):
             part, lines = read_jsonl_range(str(src), str(src), start, start + step)
-            rows += [(r.line + before, r.value, r.error, r.raw) for r in part]
+            rows += [(r.line + before, r.value, r.error, r.raw) for batch in part for r in batch]
             before += lines
         assert rows == [(r.line, r.value, r.error, r.raw) for r in whole]
 
