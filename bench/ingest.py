@@ -34,6 +34,7 @@ import threading  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import orjson  # noqa: E402
 
@@ -270,6 +271,53 @@ def bench_pandas(big: Path, work: Path, size: int, records: int, slice_mb: int |
                   run.peak_rss, run.peak_pss, note)
 
 
+def stage_costs(big: Path, n: int) -> dict[str, float]:
+    """CPU microseconds per record of each stage of xpkit's pipeline, in this process (one
+    core), on the first ``n`` records of ``big``: the budget a faster parser must fit in."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from xpkit.core.formats import FormatOptions, available_formats
+    from xpkit.core.records import episodes_to_arrow
+
+    with open(big, "rb") as f:
+        lines = [line for _, line in zip(range(n), f, strict=False)]
+    parse = available_formats()["openai-chat"].parse
+    options = FormatOptions()
+    episodes_to_arrow([])  # (imports pyarrow before the clock starts)
+    cost: dict[str, float] = {}
+
+    def timed(name: str, fn: Any) -> Any:
+        t = time.process_time()
+        result = fn()
+        cost[name] = (time.process_time() - t) / len(lines) * 1e6
+        return result
+
+    records = timed("JSON decode (orjson)", lambda: [orjson.loads(line) for line in lines])
+    episodes = timed("format parse + id", lambda: [parse(r, options) for r in records])
+    table = timed("Arrow columns", lambda: episodes_to_arrow(episodes))
+    timed("Parquet write", lambda: pq.write_table(table, io.BytesIO()))
+    return cost
+
+
+def report_stages(cost: dict[str, float], n: int, size: int, records: int,
+                  floor: Result | None) -> None:
+    per_record = size / records
+    total = sum(cost.values())
+    cores = len(os.sched_getaffinity(0))
+    print(f"xpkit's stages, CPU per record on one core ({n:,} records of "
+          f"{per_record:,.0f} bytes):")
+    for name, us in cost.items():
+        print(f"  {name:<24}{us:>8.1f} us  ({per_record / us:>6.1f} MB/s)")
+    print(f"  {'all':<24}{total:>8.1f} us; on {cores} cores at most "
+          f"{cores * per_record / total:.1f} MB/s")
+    if floor is not None:
+        budget = cores * per_record / (floor.mb_s / 2)
+        print(f"  within 2x of the DuckDB floor ({floor.mb_s / 2:.1f} MB/s) leaves "
+              f"{budget:.1f} us per record per core for all of them")
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -304,6 +352,9 @@ def main() -> None:
                          f"falling back to a quarter when it passes {PANDAS_RSS_LIMIT >> 30} GiB)")
     ap.add_argument("--xpkit", help="the command that runs xpkit (default: the venv's xpkit), "
                     "e.g. 'env PYTHONPATH=/tmp/old python -m xpkit.cli.main' for another version")
+    ap.add_argument("--stages", type=int, default=20_000, metavar="N",
+                    help="also time each stage of xpkit's pipeline in one process on the "
+                         "first N records (default 20000; 0 skips it)")
     ap.add_argument("--repeat", type=int, default=1,
                     help="run each contender N times and keep the fastest (pandas runs once)")
     args = ap.parse_args()
@@ -343,6 +394,10 @@ def main() -> None:
                 runs.append(runners[name]())
             results.append(min(runs, key=lambda r: r.seconds))
         report(results)
+        if args.stages:
+            cost = stage_costs(big, args.stages)
+            floor = next((r for r in results if r.key == "duckdb"), None)
+            report_stages(cost, min(args.stages, records), size, records, floor)
     finally:
         if args.keep:
             print(f"kept {work}", file=sys.stderr)

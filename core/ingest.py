@@ -159,9 +159,8 @@ def ingest(
     ``arrow_sink`` receives the accepted episodes as Arrow tables in
     ``episode_arrow_schema()`` (the shape Parquet output wants) rather than as dicts. Without
     a dict ``sink``, plain JSONL files of ``PARALLEL_MIN_BYTES`` or more are parsed by
-    ``workers`` processes (default: one per CPU, up to ``MAX_WORKERS``, less one when the
-    output is the store alone; 1 turns this off); the results are the same, in the same
-    order, as with one process.
+    ``workers`` processes (default: one per CPU, up to ``MAX_WORKERS``; 1 turns this off);
+    the results are the same, in the same order, as with one process.
     """
     notice = on_notice or (lambda _msg: None)
     formats = available_formats()
@@ -182,11 +181,6 @@ def ingest(
     n_workers = _worker_count(workers) if sink is None else 1
     pool = None
     if n_workers > 1:
-        if workers is None and store and arrow_sink is None:
-            # Into the store alone, this process is as busy inserting (DuckDB maintains the
-            # tables' indexes) as a worker is parsing: it takes one worker's place, which
-            # costs no time and saves a worker's memory.
-            n_workers -= 1
         pool = _start_pool(sources, n_workers)
     db = None
     try:

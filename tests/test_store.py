@@ -20,6 +20,33 @@ def test_new_store_is_migrated_once(tmp_path):
         assert s.migrate() == []
 
 
+def test_steps_of_an_older_store_survive_the_migration_that_drops_their_key(tmp_path):
+    """m005 rebuilds ``steps`` without its primary key: every step stays, in order."""
+    import duckdb
+
+    from xpkit.core.ingest import ingest
+
+    current, old = str(tmp_path / "current.duckdb"), str(tmp_path / "old.duckdb")
+    ingest(["examples/data/tau_bench_airline_sample.jsonl"], store=current)
+    with duckdb.connect(old) as con:  # as an xpkit before m005 left it, holding the same rows
+        con.execute("CREATE TABLE _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP)")
+        for m in MIGRATIONS[:4]:
+            m(con)
+            con.execute("INSERT INTO _migrations VALUES (?, now())", [m.__name__])
+        con.execute(f"ATTACH '{current}' AS cur (READ_ONLY)")
+        con.execute("INSERT INTO episodes SELECT * FROM cur.episodes")
+        con.execute("INSERT INTO steps SELECT * FROM cur.steps ORDER BY random()")
+        keys = "SELECT count(*) FROM duckdb_constraints() WHERE table_name = 'steps' " \
+               "AND constraint_type = 'PRIMARY KEY'"
+        assert con.execute(keys).fetchone() == (1,)
+    with Store.open(current, read_only=True) as db:
+        expected = db.episodes()
+    with Store.open(old) as db:
+        assert db.con.execute(keys).fetchone() == (0,)
+        assert db.episodes() == expected
+    assert sum(len(e["steps"]) for e in expected) > len(expected) > 0
+
+
 @pytest.mark.parametrize("ext", ["fts", "vss"])
 def test_extensions_load_offline_from_pip_packages(tmp_path, ext):
     with Store.open(str(tmp_path / "s.duckdb")) as s:
