@@ -58,6 +58,7 @@ docs: $(STAMP)
 	$(BIN)/python scripts/gen_cli_docs.py docs/cli.md
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[bench]"
 	$(BIN)/python bench/ingest.py
 
 clean:
