@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import REPO
 from xpkit.core.errors import UsageError
 from xpkit.core.store import MIGRATIONS, Store
 
@@ -27,7 +28,7 @@ def test_steps_of_an_older_store_survive_the_migration_that_drops_their_key(tmp_
     from xpkit.core.ingest import ingest
 
     current, old = str(tmp_path / "current.duckdb"), str(tmp_path / "old.duckdb")
-    ingest(["examples/data/tau_bench_airline_sample.jsonl"], store=current)
+    ingest([str(REPO / "examples/data/tau_bench_airline_sample.jsonl")], store=current)
     with duckdb.connect(old) as con:  # as an xpkit before m005 left it, holding the same rows
         con.execute("CREATE TABLE _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP)")
         for m in MIGRATIONS[:4]:
