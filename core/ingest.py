@@ -179,9 +179,7 @@ def ingest(
     # Worker processes are forked before the store opens, so that no DuckDB thread exists
     # in the process being copied; they only ever run the parsers.
     n_workers = _worker_count(workers) if sink is None else 1
-    pool = None
-    if n_workers > 1:
-        pool = _start_pool(sources, n_workers)
+    pool = _start_pool(sources, n_workers)
     db = None
     try:
         db = Store.open(store) if store else None
@@ -481,7 +479,7 @@ def _worker_count(workers: int | None) -> int:
 
 
 def _start_pool(sources: list[Source], n: int) -> Any:
-    if not any(splittable_size(s) >= PARALLEL_MIN_BYTES for s in sources):
+    if n < 2 or not any(splittable_size(s) >= PARALLEL_MIN_BYTES for s in sources):
         return None
     import multiprocessing
 
@@ -490,7 +488,6 @@ def _start_pool(sources: list[Source], n: int) -> Any:
     # pyarrow imports pandas, when it is installed, the first time it converts a list: do
     # that once here rather than in every worker (~0.5 s and ~50 MB each).
     pa.array([], pa.string())
-
     return multiprocessing.get_context("fork").Pool(n, initializer=_worker_init,
                                                      initargs=(os.getpid(),))
 

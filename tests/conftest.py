@@ -1,11 +1,15 @@
-"""Shared fixtures: an isolated XPKIT_HOME, the CLI runner, and the real-data root."""
+"""Shared fixtures: an isolated XPKIT_HOME, the CLI runner, the real-data root, and stores
+as older versions of xpkit left them."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,6 +31,23 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
 
     for name in Settings.__dataclass_fields__:
         monkeypatch.delenv(env_name(name), raising=False)
+
+
+@contextlib.contextmanager
+def store_made_before(path: str, migration: str) -> Iterator[Any]:
+    """A new store file at ``path`` as the xpkit whose last migration came before
+    ``migration`` left it; yields its open DuckDB connection to add rows with."""
+    import duckdb
+
+    from xpkit.core.store import MIGRATIONS
+
+    names = [m.__name__ for m in MIGRATIONS]
+    with duckdb.connect(path) as con:
+        con.execute("CREATE TABLE _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP)")
+        for m in MIGRATIONS[:names.index(migration)]:
+            m(con)
+            con.execute("INSERT INTO _migrations VALUES (?, now())", [m.__name__])
+        yield con
 
 
 @pytest.fixture

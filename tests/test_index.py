@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import numpy as np
 import orjson
 import pytest
 
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, store_made_before
 from xpkit.core.bm25 import BM25Matrix, BM25Params
 from xpkit.core.errors import StrictModeError, UsageError
 from xpkit.core.index import StaleIndexError, get_level, index, input_hash
@@ -300,14 +299,11 @@ def test_a_killed_index_run_leaves_the_store_unchanged(tmp_path, monkeypatch):
 
 def test_store_from_an_older_xpkit_is_migrated(tmp_path):
     """A store made before the index tables existed gains them on the next write."""
-    from xpkit.core.store import MIGRATIONS, Store
+    from xpkit.core.store import Store
 
     store = str(tmp_path / "old.duckdb")
-    with duckdb.connect(store) as con:
-        con.execute("CREATE TABLE _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP)")
-        MIGRATIONS[0](con)
-        con.execute("INSERT INTO _migrations VALUES ('m001_initial', now())")
-    shutil.copy(store, tmp_path / "copy.duckdb")
+    with store_made_before(store, "m002_index_tables"):
+        pass
     with Store.open(store) as db:
         names = {r[0] for r in db.con.execute("SELECT name FROM _migrations").fetchall()}
     assert {"m002_index_tables", "m003_unit_links"} <= names

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, store_made_before
 from xpkit.core.errors import UsageError
 from xpkit.core.store import MIGRATIONS, Store
 
@@ -23,17 +23,11 @@ def test_new_store_is_migrated_once(tmp_path):
 
 def test_steps_of_an_older_store_survive_the_migration_that_drops_their_key(tmp_path):
     """m005 rebuilds ``steps`` without its primary key: every step stays, in order."""
-    import duckdb
-
     from xpkit.core.ingest import ingest
 
     current, old = str(tmp_path / "current.duckdb"), str(tmp_path / "old.duckdb")
     ingest([str(REPO / "examples/data/tau_bench_airline_sample.jsonl")], store=current)
-    with duckdb.connect(old) as con:  # as an xpkit before m005 left it, holding the same rows
-        con.execute("CREATE TABLE _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP)")
-        for m in MIGRATIONS[:4]:
-            m(con)
-            con.execute("INSERT INTO _migrations VALUES (?, now())", [m.__name__])
+    with store_made_before(old, "m005_steps_without_key") as con:  # holding the same rows
         con.execute(f"ATTACH '{current}' AS cur (READ_ONLY)")
         con.execute("INSERT INTO episodes SELECT * FROM cur.episodes")
         con.execute("INSERT INTO steps SELECT * FROM cur.steps ORDER BY random()")
