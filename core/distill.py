@@ -91,9 +91,14 @@ class Distiller:
     kind: ClassVar[str] = "insight"
 
     def jobs(self, episodes: Sequence[dict[str, Any]], options: DistillOptions) -> Iterator[Job]:
+        """The work for ``episodes``: ``Job``s holding the episodes each sees and, for a
+        distiller with a model, its request (built with ``render``). Every distiller
+        implements this and ``to_units``."""
         raise NotImplementedError
 
     def to_units(self, job: Job, data: Any, model: str | None) -> list[dict[str, Any]]:
+        """The experience units of a job: from the model's validated output ``data``, or
+        from ``job.episodes`` alone (``data`` is None) for a distiller without a model."""
         raise NotImplementedError
 
     # -- helpers for subclasses -------------------------------------------------------
